@@ -1,0 +1,77 @@
+"""Agents (the API's users) and their credentials."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+# A scope is a short lowercase token such as "tasks:write"; the database refuses others.
+SCOPE_PATTERN = r"^[a-z][a-z0-9_.:*-]{0,63}$"
+
+
+class Agent(models.Model):
+    """A program that holds credentials and acts on Ordinaut within its scopes."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True, default="")
+    scopes = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    webhook_url = models.URLField(max_length=2000, blank=True, default="")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(name=""), name="agent_name_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CredentialKind(models.TextChoices):
+    # Exchanged at /agents/auth/token for short-lived JWTs; hashed with Django's hasher.
+    SECRET = "secret", "Agent secret"
+    # Sent directly as the Bearer token; hashed with keyed SHA-256 so checks cost microseconds.
+    API_KEY = "api_key", "API key"
+
+
+class Credential(models.Model):
+    """A secret that proves an agent's identity. Only its hash is stored; it is shown once."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="credentials")
+    kind = models.CharField(max_length=16, choices=CredentialKind.choices)
+    # Public, non-secret part of the token, used to find the row without scanning hashes.
+    key_id = models.CharField(max_length=32, unique=True)
+    secret_hash = models.CharField(max_length=256)
+    label = models.CharField(max_length=100, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=CredentialKind.values), name="credential_kind_valid"
+            ),
+            models.CheckConstraint(
+                condition=~Q(secret_hash=""), name="credential_secret_hash_not_empty"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent} {self.get_kind_display()} {self.key_id}"
+
+    def is_usable(self, now=None) -> bool:  # noqa: ANN001
+        """True when neither revoked nor expired (the agent's own state is checked apart)."""
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

@@ -1,0 +1,55 @@
+"""DATABASE_URL parsing and raw psycopg connections that honour both URL forms."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+
+def database_settings(url: str) -> dict[str, Any]:
+    """Return a Django DATABASES entry for a postgresql:// URL, TCP or Unix-socket form.
+
+    `postgresql://u:p@host:5432/db` and `postgresql://u:@/db?host=/run/pg&port=5433` both
+    work. Socket host/port given as query parameters are moved into HOST/PORT so that every
+    consumer (Django, raw psycopg LISTEN connections, test database creation) sees them.
+    Raises ImproperlyConfigured for anything that is not PostgreSQL.
+    """
+    try:
+        config = environ.Env.db_url_config(url)
+    except Exception as exc:  # environ raises bare errors for unknown schemes
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid URL: {exc}") from exc
+    if config.get("ENGINE") != "django.db.backends.postgresql":
+        raise ImproperlyConfigured(
+            "DATABASE_URL must be a postgresql:// URL (Ordinaut needs PostgreSQL: its queue "
+            f"uses SKIP LOCKED and LISTEN/NOTIFY), got scheme of {url.split(':', 1)[0]!r}"
+        )
+    options = dict(config.get("OPTIONS") or {})
+    if "host" in options:
+        config["HOST"] = options.pop("host")
+    if "port" in options:
+        config["PORT"] = str(options.pop("port"))
+    if not config.get("NAME"):
+        raise ImproperlyConfigured("DATABASE_URL must name a database, e.g. .../ordinaut")
+    options.setdefault("connect_timeout", 5)
+    options.setdefault("application_name", os.environ.get("ORDINAUT_PROCESS", "ordinaut"))
+    config["OPTIONS"] = options
+    config["CONN_MAX_AGE"] = int(os.environ.get("DB_CONN_MAX_AGE", "60"))
+    # A dropped connection (database restart) is noticed and replaced, not raised.
+    config["CONN_HEALTH_CHECKS"] = True
+    return config
+
+
+def raw_connection(alias: str = "default", *, autocommit: bool = True):  # noqa: ANN201
+    """Open a psycopg connection with Django's parameters, outside Django's management.
+
+    For LISTEN/NOTIFY and other long-lived sessions; the caller closes it. Works for both
+    DATABASE_URL forms because it reuses exactly what Django connects with.
+    """
+    import psycopg
+    from django.db import connections
+
+    params = connections[alias].get_connection_params()
+    return psycopg.connect(**params, autocommit=autocommit)

@@ -1,0 +1,217 @@
+"""Ordinaut settings: everything comes from the environment (and an optional .env file).
+
+Development (DEBUG=1) needs nothing: without DATABASE_URL / REDIS_URL the app runs its own
+PostgreSQL and Redis under var/. Production (DEBUG unset or 0) refuses to start without a
+strong SECRET_KEY and a DATABASE_URL, and otherwise serves plain HTTP behind a proxy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from ordinaut.database import database_settings
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("ORDINAUT_VAR_DIR", BASE_DIR / "var"))
+
+env = environ.Env()
+# ORDINAUT_ENV_FILE picks another file ("" reads none, which the tests use); values already
+# in the environment win over the file.
+_env_file = os.environ.get("ORDINAUT_ENV_FILE", str(BASE_DIR / ".env"))
+if _env_file and Path(_env_file).is_file():
+    environ.Env.read_env(_env_file)
+
+DEBUG = env.bool("DEBUG", default=False)
+
+# -- secrets --------------------------------------------------------------------------------
+MIN_SECRET_KEY_LENGTH = 50
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY and DEBUG:
+    # A fixed development key: sessions survive restarts; never valid with DEBUG off.
+    SECRET_KEY = "ordinaut-development-only-insecure-key-do-not-use-in-production-0000"
+if len(SECRET_KEY) < MIN_SECRET_KEY_LENGTH:
+    raise ImproperlyConfigured(
+        f"SECRET_KEY must be set to at least {MIN_SECRET_KEY_LENGTH} random characters when "
+        "DEBUG is off (generate one with: python -c 'import secrets; "
+        "print(secrets.token_urlsafe(64))')"
+    )
+
+# We never build absolute URLs from the Host header (no password-reset mails), so the
+# default accepts any host and leaves host filtering to the reverse proxy; narrow it here.
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# TLS belongs to the reverse proxy; these are opt-in.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
+if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# -- applications -----------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "rest_framework",
+    "django_prometheus",
+    "ordinaut.apps.OrdinautConfig",
+    "agents",
+    "tasks",
+    "pipelines",
+    "audit",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "ordinaut.middleware.CorrelationIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "ordinaut.urls"
+WSGI_APPLICATION = "ordinaut.wsgi.application"
+ASGI_APPLICATION = "ordinaut.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# -- database -------------------------------------------------------------------------------
+# No SQLite anywhere: the queue relies on SKIP LOCKED, LISTEN/NOTIFY and partial indexes.
+DATABASE_URL = env.str("DATABASE_URL", default="")
+EMBEDDED_POSTGRES = False
+if not DATABASE_URL:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DATABASE_URL is required when DEBUG is off, e.g. "
+            "postgresql://user:password@host:5432/ordinaut or "
+            "postgresql://user:@/ordinaut?host=/var/run/postgresql"
+        )
+    from ordinaut.embedded import dev_postgres
+
+    EMBEDDED_POSTGRES = True
+    DATABASE_URL = dev_postgres(VAR_DIR).socket_url("ordinaut")
+
+DATABASES = {"default": database_settings(DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# -- redis and cache ------------------------------------------------------------------------
+# Redis carries throttles and the live event stream, never the critical path of scheduling
+# or running work: without it the app is degraded, not down.
+REDIS_URL = env.str("REDIS_URL", default="")
+EMBEDDED_REDIS = False
+if not REDIS_URL and DEBUG:
+    from ordinaut.embedded import dev_redis
+
+    EMBEDDED_REDIS = True
+    REDIS_URL = dev_redis(VAR_DIR).url()
+
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                "SOCKET_CONNECT_TIMEOUT": 1,
+                "SOCKET_TIMEOUT": 1,
+                # A cache outage must not turn into 500s.
+                "IGNORE_EXCEPTIONS": True,
+            },
+            "KEY_PREFIX": "ordinaut",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+DJANGO_REDIS_IGNORE_EXCEPTIONS = True
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+
+# -- auth -----------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# -- time -----------------------------------------------------------------------------------
+# Instants are stored in UTC; TZ is the default zone for tasks and for the admin's display.
+TIME_ZONE = env.str("TZ", default="Europe/Chisinau")
+USE_TZ = True
+LANGUAGE_CODE = "en-us"
+USE_I18N = True
+
+# -- static files ---------------------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+# Serve app static files (the admin's) straight from the packages: no collectstatic step.
+WHITENOISE_USE_FINDERS = True
+
+# -- REST API -------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "EXCEPTION_HANDLER": "ordinaut.errors.api_exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "UNAUTHENTICATED_USER": None,
+}
+
+# -- queue and scheduler (names kept from the original project) ------------------------------
+SCHEDULER_MISFIRE_GRACE_TIME = env.int("SCHEDULER_MISFIRE_GRACE_TIME", default=30)
+WORKER_LEASE_SECONDS = env.int("WORKER_LEASE_SECONDS", default=60)
+WORKER_POLL_INTERVAL = env.float("WORKER_POLL_INTERVAL", default=0.5)
+WORKER_MAX_RETRIES = env.int("WORKER_MAX_RETRIES", default=3)
+WORKER_BACKOFF_MAX_DELAY = env.int("WORKER_BACKOFF_MAX_DELAY", default=60)
+
+# -- logging --------------------------------------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"correlation": {"()": "ordinaut.logging.CorrelationIdFilter"}},
+    "formatters": {"json": {"()": "ordinaut.logging.JsonFormatter"}},
+    "handlers": {
+        # Servers log to stdout. Commands that print results switch to stderr (see
+        # ordinaut.logging.log_to_stderr) so their stdout stays machine-readable.
+        "console": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "json",
+            "filters": ["correlation"],
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"level": LOG_LEVEL},
+        "django.db.backends": {"level": "INFO"},
+    },
+}

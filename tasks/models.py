@@ -1,0 +1,312 @@
+"""Tasks, their queued occurrences, and the runs that record every attempt.
+
+Invariants live in the database (check constraints, unique and partial indexes), so that
+no code path — admin, API, a bug — can write a row the scheduler or worker would trip on.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils.timezone import now
+
+
+def _default_timezone() -> str:
+    return settings.TIME_ZONE
+
+
+def _default_max_retries() -> int:
+    return settings.WORKER_MAX_RETRIES
+
+
+class ScheduleKind(models.TextChoices):
+    CRON = "cron"  # five-field cron expression, evaluated in the task's timezone
+    RRULE = "rrule"  # RFC 5545 recurrence rule (optionally with DTSTART/RDATE/EXDATE)
+    ONCE = "once"  # a single ISO 8601 instant
+    EVENT = "event"  # fires when an event whose topic matches the pattern arrives
+    CONDITION = "condition"  # fires when a JMESPath expression is truthy for an event
+
+
+# Kinds that produce instants and therefore a next_run_at.
+TIME_KINDS = (ScheduleKind.CRON, ScheduleKind.RRULE, ScheduleKind.ONCE)
+
+
+class TaskStatus(models.TextChoices):
+    ACTIVE = "active"  # scheduled: the scheduler enqueues its occurrences
+    PAUSED = "paused"  # kept but not scheduled; resume recomputes next_run_at
+    CANCELED = "canceled"  # finished for good; kept for history
+
+
+class BackoffStrategy(models.TextChoices):
+    EXPONENTIAL_JITTER = "exponential_jitter"  # random in [0, min(cap, base * 2**attempt)]
+    LINEAR = "linear"  # base * attempt, capped
+    FIXED = "fixed"  # base every time
+
+
+class MisfirePolicy(models.TextChoices):
+    COALESCE = "coalesce"  # missed occurrences collapse into one run now, then on schedule
+    SKIP = "skip"  # missed occurrences are dropped; resume at the next future one
+    CATCH_UP = "catch_up"  # every missed occurrence runs (bounded by a setting)
+
+
+class Task(models.Model):
+    """A schedule plus a pipeline, created by an agent."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    title = models.CharField(max_length=200)
+    description = models.TextField(max_length=2000, blank=True, default="")
+    created_by = models.ForeignKey(
+        "agents.Agent", on_delete=models.PROTECT, related_name="tasks", db_index=True
+    )
+    schedule_kind = models.CharField(max_length=16, choices=ScheduleKind.choices)
+    schedule_expr = models.TextField(null=True, blank=True)
+    timezone = models.CharField(max_length=64, default=_default_timezone)
+    payload = models.JSONField(default=dict)
+    status = models.CharField(
+        max_length=16, choices=TaskStatus.choices, default=TaskStatus.ACTIVE, db_index=True
+    )
+    # 1..9; 9 is the most urgent (claimed first).
+    priority = models.SmallIntegerField(default=5)
+    dedupe_key = models.CharField(max_length=100, null=True, blank=True)
+    dedupe_window_seconds = models.IntegerField(default=0)
+    max_retries = models.SmallIntegerField(default=_default_max_retries)
+    backoff_strategy = models.CharField(
+        max_length=32, choices=BackoffStrategy.choices, default=BackoffStrategy.EXPONENTIAL_JITTER
+    )
+    concurrency_key = models.CharField(max_length=100, null=True, blank=True)
+    misfire_policy = models.CharField(
+        max_length=16, choices=MisfirePolicy.choices, default=MisfirePolicy.COALESCE
+    )
+    # Limit for a whole run; None: no limit beyond the steps' own timeouts.
+    timeout_seconds = models.IntegerField(null=True, blank=True)
+    # Maintained by the scheduler: the next instant to enqueue. NULL when nothing is due
+    # (paused, canceled, event-driven, or a schedule that has ended).
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The scheduler's due-task scan: only active tasks with an instant to fire.
+            models.Index(
+                fields=["next_run_at"],
+                name="task_due_idx",
+                condition=Q(status="active", next_run_at__isnull=False),
+            ),
+            models.Index(fields=["created_by", "-created_at"], name="task_creator_idx"),
+            models.Index(fields=["schedule_kind"], name="task_kind_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(priority__gte=1, priority__lte=9), name="task_priority_1_9"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=TaskStatus.values), name="task_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(schedule_kind__in=ScheduleKind.values), name="task_kind_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(backoff_strategy__in=BackoffStrategy.values),
+                name="task_backoff_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(misfire_policy__in=MisfirePolicy.values), name="task_misfire_valid"
+            ),
+            models.CheckConstraint(condition=Q(max_retries__gte=0), name="task_retries_nonneg"),
+            models.CheckConstraint(
+                condition=Q(dedupe_window_seconds__gte=0), name="task_dedupe_window_nonneg"
+            ),
+            models.CheckConstraint(
+                condition=Q(timeout_seconds__isnull=True) | Q(timeout_seconds__gt=0),
+                name="task_timeout_positive",
+            ),
+            models.CheckConstraint(condition=~Q(title=""), name="task_title_not_empty"),
+            # Time-based kinds cannot exist without their expression.
+            models.CheckConstraint(
+                condition=~Q(schedule_kind__in=TIME_KINDS)
+                | (Q(schedule_expr__isnull=False) & ~Q(schedule_expr="")),
+                name="task_time_kind_has_expr",
+            ),
+            # Only an active, time-based task has something to fire.
+            models.CheckConstraint(
+                condition=Q(next_run_at__isnull=True)
+                | Q(status="active", schedule_kind__in=TIME_KINDS),
+                name="task_next_run_only_when_scheduled",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class OccurrenceState(models.TextChoices):
+    QUEUED = "queued"  # waiting for run_at and a free worker
+    LEASED = "leased"  # held by lease_owner until leased_until (heartbeats extend it)
+    DEAD = "dead"  # retries exhausted; kept for operators to inspect and re-run
+
+
+class Trigger(models.TextChoices):
+    SCHEDULE = "schedule"  # produced by the task's schedule
+    EVENT = "event"  # produced by a matching event
+    MANUAL = "manual"  # run_now from an agent or operator
+    RETRY = "retry"  # re-enqueued after a failed attempt
+
+
+class Occurrence(models.Model):
+    """One due execution of a task: the queue. Finished occurrences leave; Run keeps history."""
+
+    id = models.BigAutoField(primary_key=True)
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="occurrences")
+    # The instant the schedule asked for (identity: one occurrence per task and instant).
+    scheduled_for = models.DateTimeField()
+    # When a worker may take it (scheduled_for, or later after a retry backoff or snooze).
+    run_at = models.DateTimeField()
+    # Copied from the task at enqueue so the claim query reads one table.
+    priority = models.SmallIntegerField(default=5)
+    concurrency_key = models.CharField(max_length=100, null=True, blank=True)
+    state = models.CharField(
+        max_length=16, choices=OccurrenceState.choices, default=OccurrenceState.QUEUED
+    )
+    lease_owner = models.CharField(max_length=200, null=True, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    # Attempts started so far; the next Run is attempt + 1.
+    attempt = models.SmallIntegerField(default=0)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.SCHEDULE)
+    last_error = models.TextField(blank=True, default="")
+    correlation_id = models.CharField(max_length=64, default="", blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        ordering = ["-priority", "run_at"]
+        indexes = [
+            # The claim query: due, queued work in priority order. Partial so it stays tiny
+            # however many leased or dead rows exist.
+            models.Index(
+                F("priority").desc(),
+                "run_at",
+                name="occurrence_claim_idx",
+                condition=Q(state="queued"),
+            ),
+            # Reclaiming expired leases scans only leased rows.
+            models.Index(
+                fields=["leased_until"], name="occurrence_lease_idx", condition=Q(state="leased")
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "scheduled_for"], name="occurrence_once"),
+            models.CheckConstraint(
+                condition=Q(state__in=OccurrenceState.values), name="occurrence_state_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(trigger__in=Trigger.values), name="occurrence_trigger_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(priority__gte=1, priority__lte=9), name="occurrence_priority_1_9"
+            ),
+            models.CheckConstraint(condition=Q(attempt__gte=0), name="occurrence_attempt_nonneg"),
+            # Lease columns are set exactly when the row is leased.
+            models.CheckConstraint(
+                condition=(
+                    Q(state="leased", lease_owner__isnull=False, leased_until__isnull=False)
+                    | (
+                        ~Q(state="leased")
+                        & Q(lease_owner__isnull=True, leased_until__isnull=True)
+                    )
+                ),
+                name="occurrence_lease_iff_leased",
+            ),
+            # At most one running occurrence per concurrency key, across all workers.
+            models.UniqueConstraint(
+                fields=["concurrency_key"],
+                condition=Q(state="leased", concurrency_key__isnull=False),
+                name="occurrence_one_leased_per_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} @ {self.scheduled_for.isoformat()}"
+
+
+class RunStatus(models.TextChoices):
+    RUNNING = "running"  # a worker is executing this attempt
+    SUCCEEDED = "succeeded"  # the pipeline finished
+    FAILED = "failed"  # a step failed (the occurrence may retry)
+    TIMED_OUT = "timed_out"  # the run exceeded its timeout
+    LOST = "lost"  # the worker vanished (lease expired); the occurrence was reclaimed
+    CANCELED = "canceled"  # stopped on purpose (task canceled, worker shut down)
+
+
+FINISHED_RUN_STATUSES = [s for s in RunStatus.values if s != RunStatus.RUNNING]
+
+
+class Run(models.Model):
+    """One attempt at one occurrence: the history the API and admin show."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="runs")
+    # Not a foreign key: occurrences leave the queue when done, their runs stay.
+    occurrence_id = models.BigIntegerField(null=True, blank=True)
+    scheduled_for = models.DateTimeField()
+    attempt = models.SmallIntegerField(default=1)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.SCHEDULE)
+    lease_owner = models.CharField(max_length=200, blank=True, default="")
+    leased_until = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(
+        max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING
+    )
+    started_at = models.DateTimeField(default=now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    # Per-step results, in pipeline order: [{"id", "status", "output", "error", ...}].
+    steps = models.JSONField(default=list, blank=True)
+    correlation_id = models.CharField(max_length=64, default="", blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [
+            models.Index(fields=["task", "-started_at"], name="run_task_recent_idx"),
+            models.Index(fields=["status", "-started_at"], name="run_status_recent_idx"),
+            models.Index(fields=["-started_at"], name="run_recent_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(attempt__gte=1), name="run_attempt_positive"),
+            models.CheckConstraint(
+                condition=Q(status__in=RunStatus.values), name="run_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(trigger__in=Trigger.values), name="run_trigger_valid"
+            ),
+            # A run is finished exactly when it has a finish time.
+            models.CheckConstraint(
+                condition=Q(status="running", finished_at__isnull=True)
+                | (~Q(status="running") & Q(finished_at__isnull=False)),
+                name="run_finished_iff_not_running",
+            ),
+            models.CheckConstraint(
+                condition=Q(finished_at__isnull=True) | Q(finished_at__gte=F("started_at")),
+                name="run_finish_after_start",
+            ),
+            # An attempt of an occurrence is recorded once, whatever races a worker loses.
+            models.UniqueConstraint(
+                fields=["occurrence_id", "attempt"],
+                condition=Q(occurrence_id__isnull=False),
+                name="run_one_per_attempt",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} attempt {self.attempt} ({self.status})"
+
+    @property
+    def success(self) -> bool | None:
+        """The original API's tri-state: None while running."""
+        if self.status == RunStatus.RUNNING:
+            return None
+        return self.status == RunStatus.SUCCEEDED

@@ -1,0 +1,70 @@
+"""Session plumbing: the servers from tests/settings.py, and helpers to run our commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    settings_module = sys.modules.get("tests.settings")
+    if settings_module is not None:
+        settings_module.POSTGRES.destroy()
+        settings_module.REDIS.destroy()
+        import shutil
+
+        shutil.rmtree(settings_module.TEST_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def servers():  # noqa: ANN201
+    """The session's EmbeddedPostgres and EmbeddedRedis (tests may stop and restart them)."""
+    from tests import settings as test_settings
+
+    return test_settings
+
+
+@pytest.fixture
+def test_database_url(django_db_setup) -> str:  # noqa: ANN001
+    """TCP URL of the test database (the one pytest-django created and migrated)."""
+    from django.db import connection
+
+    from tests import settings as test_settings
+
+    return test_settings.POSTGRES.tcp_url(connection.settings_dict["NAME"])
+
+
+def command_env(**overrides: str) -> dict[str, str]:
+    """Environment for a child `manage.py` process: production-style, no .env file."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DJANGO_SETTINGS_MODULE", "DEBUG", "DATABASE_URL", "REDIS_URL"}
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "ordinaut.settings",
+            "ORDINAUT_ENV_FILE": "",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+def run_manage(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `python manage.py <args>` in a child process and capture its output."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
