@@ -81,7 +81,9 @@ def agent_create(
     return agent, issued.token
 
 
-def credential_issue_secret(*, agent: Agent, actor: Actor, label: str = "") -> tuple[Credential, str]:
+def credential_issue_secret(
+    *, agent: Agent, actor: Actor, label: str = ""
+) -> tuple[Credential, str]:
     """Add a new secret credential to `agent`; return (credential, secret shown once)."""
     issued = issue_secret()
     with transaction.atomic():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-import json
 
 from audit.models import ActorType, AuditEvent
 from ordinaut.correlation import get_correlation_id

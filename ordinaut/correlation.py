@@ -6,7 +6,9 @@ import contextvars
 import re
 import uuid
 
-_current: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "correlation_id", default=None
+)
 # Accept callers' ids only when they are short and printable, so logs cannot be forged.
 _VALID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 

@@ -94,7 +94,8 @@ QUEUE_STATS_SQL = """
 SELECT count(*) FILTER (WHERE state = 'queued'),
        count(*) FILTER (WHERE state = 'leased'),
        count(*) FILTER (WHERE state = 'dead'),
-       EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now()))
+       EXTRACT(EPOCH FROM clock_timestamp()
+                          - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now()))
 FROM tasks_occurrence
 """
 

@@ -11,14 +11,23 @@ from ordinaut.correlation import get_correlation_id
 
 # Attributes every LogRecord has; anything else was passed via `extra=` and is emitted.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+# Django attaches the request object itself; its repr is noise in a log line.
+_NOT_EMITTED = {"request", "server_time"}
 
 
 class CorrelationIdFilter(logging.Filter):
-    """Stamp each record with the current correlation id (unless one was given)."""
+    """Stamp each record with the current correlation id (unless one was given).
+
+    Django logs a request's error response after the middleware has returned, so for
+    records that carry the request, the id stored on the request wins.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "correlation_id", None):
-            record.correlation_id = get_correlation_id()
+            request = getattr(record, "request", None)
+            record.correlation_id = getattr(request, "correlation_id", None) or (
+                get_correlation_id()
+            )
         return True
 
 
@@ -34,7 +43,9 @@ class JsonFormatter(logging.Formatter):
             "correlation_id": getattr(record, "correlation_id", None),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and key not in entry and not key.startswith("_"):
+            if key in _NOT_EMITTED or key in entry or key.startswith("_"):
+                continue
+            if key not in _STANDARD:
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -32,7 +32,7 @@ MIN_SECRET_KEY_LENGTH = 50
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY and DEBUG:
     # A fixed development key: sessions survive restarts; never valid with DEBUG off.
-    SECRET_KEY = "ordinaut-development-only-insecure-key-do-not-use-in-production-0000"
+    SECRET_KEY = "ordinaut-development-only-insecure-key-do-not-use-in-production-0000"  # noqa: S105
 if len(SECRET_KEY) < MIN_SECRET_KEY_LENGTH:
     raise ImproperlyConfigured(
         f"SECRET_KEY must be set to at least {MIN_SECRET_KEY_LENGTH} random characters when "
@@ -173,7 +173,8 @@ USE_I18N = True
 
 # -- static files ---------------------------------------------------------------------------
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# Only needed for `collectstatic` (e.g. to serve from a CDN); WhiteNoise serves without it.
+STATIC_ROOT = env.str("STATIC_ROOT", default="") or None
 # Serve app static files (the admin's) straight from the packages: no collectstatic step.
 WHITENOISE_USE_FINDERS = True
 

@@ -213,10 +213,7 @@ class Occurrence(models.Model):
             models.CheckConstraint(
                 condition=(
                     Q(state="leased", lease_owner__isnull=False, leased_until__isnull=False)
-                    | (
-                        ~Q(state="leased")
-                        & Q(lease_owner__isnull=True, leased_until__isnull=True)
-                    )
+                    | (~Q(state="leased") & Q(lease_owner__isnull=True, leased_until__isnull=True))
                 ),
                 name="occurrence_lease_iff_leased",
             ),
@@ -256,9 +253,7 @@ class Run(models.Model):
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.SCHEDULE)
     lease_owner = models.CharField(max_length=200, blank=True, default="")
     leased_until = models.DateTimeField(null=True, blank=True)
-    status = models.CharField(
-        max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING
-    )
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING)
     started_at = models.DateTimeField(default=now)
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(null=True, blank=True)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Variables tests/settings.py sets for this process; a child gets only what a test passes.
+_SETTINGS_VARIABLES = {"DJANGO_SETTINGS_MODULE", "DEBUG", "SECRET_KEY", "DATABASE_URL", "REDIS_URL"}
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -23,7 +25,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def servers():  # noqa: ANN201
+def servers():
     """The session's EmbeddedPostgres and EmbeddedRedis (tests may stop and restart them)."""
     from tests import settings as test_settings
 
@@ -31,7 +33,7 @@ def servers():  # noqa: ANN201
 
 
 @pytest.fixture
-def test_database_url(django_db_setup) -> str:  # noqa: ANN001
+def test_database_url(django_db_setup) -> str:
     """TCP URL of the test database (the one pytest-django created and migrated)."""
     from django.db import connection
 
@@ -42,11 +44,7 @@ def test_database_url(django_db_setup) -> str:  # noqa: ANN001
 
 def command_env(**overrides: str) -> dict[str, str]:
     """Environment for a child `manage.py` process: production-style, no .env file."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"DJANGO_SETTINGS_MODULE", "DEBUG", "DATABASE_URL", "REDIS_URL"}
-    }
+    env = {key: value for key, value in os.environ.items() if key not in _SETTINGS_VARIABLES}
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "ordinaut.settings",

@@ -46,16 +46,23 @@ def test_record_writes_actor_subject_details_and_correlation_id():
 
 
 def test_raw_sql_update_is_refused_and_row_unchanged(event):
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("UPDATE audit_auditevent SET action = 'forged' WHERE id = %s", [event.pk])
+    update = "UPDATE audit_auditevent SET action = 'forged' WHERE id = %s"
+    with (
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(update, [event.pk])
     assert_unchanged(event)
 
 
 def test_raw_sql_delete_is_refused_and_row_kept(event):
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("DELETE FROM audit_auditevent WHERE id = %s", [event.pk])
+    with (
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("DELETE FROM audit_auditevent WHERE id = %s", [event.pk])
     assert_unchanged(event)
 
 
@@ -78,8 +85,11 @@ def test_model_save_and_delete_are_refused_in_python(event):
 
 def test_truncate_is_refused_outside_the_test_flush(event):
     # Only the test database's sessions turn the flush escape hatch on; switch it off here.
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL ordinaut.audit_truncate = 'off'")
-            cursor.execute("TRUNCATE audit_auditevent")
+    with (  # noqa: PT012 (the SET must share the TRUNCATE's transaction)
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SET LOCAL ordinaut.audit_truncate = 'off'")
+        cursor.execute("TRUNCATE audit_auditevent")
     assert_unchanged(event)

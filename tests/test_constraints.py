@@ -51,9 +51,7 @@ def test_task_negative_max_retries_is_refused(agent):
 
 
 def test_task_negative_dedupe_window_is_refused(agent):
-    assert_refused(
-        "task_dedupe_window_nonneg", lambda: make_task(agent, dedupe_window_seconds=-5)
-    )
+    assert_refused("task_dedupe_window_nonneg", lambda: make_task(agent, dedupe_window_seconds=-5))
 
 
 def test_cron_task_without_expression_is_refused(agent):

@@ -13,11 +13,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def createagent(url, *args):
-    return run_manage("createagent", *args, env=command_env(DATABASE_URL=url))
+    env = command_env(DEBUG="0", SECRET_KEY="s" * 50, DATABASE_URL=url)
+    return run_manage("createagent", *args, env=env)
 
 
 def test_json_output_is_exactly_one_object_with_the_secret(test_database_url):
-    result = createagent(test_database_url, "mailer", "--scopes", "tasks:read,tasks:write", "--json")
+    result = createagent(
+        test_database_url, "mailer", "--scopes", "tasks:read,tasks:write", "--json"
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)  # fails on any extra line or text
     assert set(data) == {"id", "name", "scopes", "secret"}
@@ -60,4 +63,6 @@ def test_human_output_shows_id_and_secret_once(test_database_url):
     assert str(agent.id) in result.stdout
     secret_lines = [line for line in result.stdout.splitlines() if line.startswith("Secret: ")]
     assert len(secret_lines) == 1
-    assert check_password(secret_lines[0].removeprefix("Secret: "), agent.credentials.get().secret_hash)
+    assert check_password(
+        secret_lines[0].removeprefix("Secret: "), agent.credentials.get().secret_hash
+    )

@@ -5,31 +5,52 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('actor_type', models.CharField(choices=[('agent', 'Agent'), ('user', 'User'), ('system', 'System')], max_length=16)),
-                ('actor_id', models.CharField(blank=True, default='', max_length=64)),
-                ('actor_name', models.CharField(blank=True, default='', max_length=200)),
-                ('action', models.CharField(db_index=True, max_length=100)),
-                ('subject_type', models.CharField(blank=True, default='', max_length=50)),
-                ('subject_id', models.CharField(blank=True, default='', max_length=64)),
-                ('details', models.JSONField(blank=True, default=dict)),
-                ('correlation_id', models.CharField(blank=True, db_index=True, default='', max_length=64)),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                (
+                    "actor_type",
+                    models.CharField(
+                        choices=[("agent", "Agent"), ("user", "User"), ("system", "System")],
+                        max_length=16,
+                    ),
+                ),
+                ("actor_id", models.CharField(blank=True, default="", max_length=64)),
+                ("actor_name", models.CharField(blank=True, default="", max_length=200)),
+                ("action", models.CharField(db_index=True, max_length=100)),
+                ("subject_type", models.CharField(blank=True, default="", max_length=50)),
+                ("subject_id", models.CharField(blank=True, default="", max_length=64)),
+                ("details", models.JSONField(blank=True, default=dict)),
+                (
+                    "correlation_id",
+                    models.CharField(blank=True, db_index=True, default="", max_length=64),
+                ),
             ],
             options={
-                'ordering': ['-at', '-id'],
-                'indexes': [models.Index(fields=['subject_type', 'subject_id', '-at'], name='audit_subject_idx'), models.Index(fields=['actor_type', 'actor_id', '-at'], name='audit_actor_idx')],
-                'constraints': [models.CheckConstraint(condition=models.Q(('actor_type__in', ['agent', 'user', 'system'])), name='audit_actor_type_valid'), models.CheckConstraint(condition=models.Q(('action', ''), _negated=True), name='audit_action_not_empty')],
+                "ordering": ["-at", "-id"],
+                "indexes": [
+                    models.Index(
+                        fields=["subject_type", "subject_id", "-at"], name="audit_subject_idx"
+                    ),
+                    models.Index(fields=["actor_type", "actor_id", "-at"], name="audit_actor_idx"),
+                ],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("actor_type__in", ["agent", "user", "system"])),
+                        name="audit_actor_type_valid",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("action", ""), _negated=True),
+                        name="audit_action_not_empty",
+                    ),
+                ],
             },
         ),
     ]

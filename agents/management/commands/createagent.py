@@ -40,5 +40,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Scopes: {', '.join(agent.scopes) or '(none)'}")
         self.stdout.write(f"Secret: {secret}")
         self.stdout.write(
-            self.style.WARNING("Store the secret now: it is kept only as a hash and never shown again.")
+            self.style.WARNING(
+                "Store the secret now: it is kept only as a hash and never shown again."
+            )
         )
