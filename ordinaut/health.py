@@ -44,7 +44,7 @@ class CheckResult:
         return data
 
 
-def _timed(name: str, critical: bool, probe: Callable[[], str]) -> CheckResult:
+def timed_check(name: str, critical: bool, probe: Callable[[], str]) -> CheckResult:
     """Run `probe`; its return value is the message, any exception makes it unhealthy."""
     started = time.perf_counter()
     try:
@@ -79,11 +79,11 @@ def _redis_probe() -> str:
 
 
 def check_database() -> CheckResult:
-    return _timed("database", True, _database_probe)
+    return timed_check("database", True, _database_probe)
 
 
 def check_redis() -> CheckResult:
-    return _timed("redis", False, _redis_probe)
+    return timed_check("redis", False, _redis_probe)
 
 
 # Later components append their checks here (scheduler and worker heartbeats).

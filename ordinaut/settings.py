@@ -192,6 +192,16 @@ WORKER_LEASE_SECONDS = env.int("WORKER_LEASE_SECONDS", default=60)
 WORKER_POLL_INTERVAL = env.float("WORKER_POLL_INTERVAL", default=0.5)
 WORKER_MAX_RETRIES = env.int("WORKER_MAX_RETRIES", default=3)
 WORKER_BACKOFF_MAX_DELAY = env.int("WORKER_BACKOFF_MAX_DELAY", default=60)
+# The scheduler enqueues occurrences up to this many seconds before they are due, so a burst
+# of tasks due at the same instant is already in the queue when that instant comes.
+SCHEDULER_LOOKAHEAD_SECONDS = env.float("SCHEDULER_LOOKAHEAD_SECONDS", default=10.0)
+# Longest sleep between ticks; NOTIFY from task changes wakes it sooner.
+SCHEDULER_POLL_INTERVAL = env.float("SCHEDULER_POLL_INTERVAL", default=1.0)
+SCHEDULER_BATCH_SIZE = env.int("SCHEDULER_BATCH_SIZE", default=1000)
+# Misfire policy catch_up enqueues at most this many missed occurrences per task.
+SCHEDULER_CATCHUP_MAX = env.int("SCHEDULER_CATCHUP_MAX", default=100)
+# A scheduler heartbeat older than this makes /health report the scheduler as stale.
+SCHEDULER_HEARTBEAT_STALE_SECONDS = env.int("SCHEDULER_HEARTBEAT_STALE_SECONDS", default=60)
 
 # -- logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()

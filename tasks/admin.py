@@ -1,10 +1,23 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.utils import timezone
+from django.utils.html import format_html_join
 
-from tasks.models import Occurrence, Run, Task
+from audit.services import Actor
+from ordinaut.errors import OrdinautError
+from tasks import schedules, services
+from tasks.models import (
+    TIME_KINDS,
+    Occurrence,
+    Run,
+    SchedulerHeartbeat,
+    SkippedOccurrence,
+    Task,
+    TaskStatus,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """History and queue rows change only through services; the admin shows them."""
+    """Queue and history rows change only through services; the admin shows them."""
 
     def has_add_permission(self, request) -> bool:  # noqa: ANN001
         return False
@@ -14,6 +27,26 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:  # noqa: ANN001
         return False
+
+
+def _apply(modeladmin, request, queryset, service, eligible, verb: str) -> None:  # noqa: ANN001
+    """Call `service` for each eligible task; report how many changed and why others did not."""
+    actor = Actor.user(request.user)
+    done, failed = 0, []
+    for task in queryset.filter(status__in=eligible):
+        try:
+            service(task_id=task.pk, actor=actor)
+            done += 1
+        except OrdinautError as exc:
+            failed.append(f"{task.title}: {exc.message}")
+    skipped = queryset.count() - done - len(failed)
+    modeladmin.message_user(request, f"{verb} {done} task(s).", messages.SUCCESS)
+    if skipped:
+        modeladmin.message_user(
+            request, f"{skipped} task(s) were not eligible and were left alone.", messages.INFO
+        )
+    for failure in failed:
+        modeladmin.message_user(request, failure, messages.ERROR)
 
 
 @admin.register(Task)
@@ -26,7 +59,44 @@ class TaskAdmin(ReadOnlyAdmin):
     search_fields = ["title", "description", "id", "schedule_expr", "created_by__name"]
     date_hierarchy = "created_at"
     list_select_related = ["created_by"]
-    readonly_fields = [f.name for f in Task._meta.fields]
+    readonly_fields = ["upcoming", *[f.name for f in Task._meta.fields]]
+    actions = ["pause", "resume", "cancel", "run_now"]
+
+    @admin.display(description="next occurrences (task timezone)")
+    def upcoming(self, obj: Task) -> str:
+        if obj.status != TaskStatus.ACTIVE or obj.schedule_kind not in TIME_KINDS:
+            return "—"
+        try:
+            instants = schedules.next_occurrences(
+                obj.schedule_kind, obj.schedule_expr, obj.timezone, timezone.now(), 5
+            )
+        except schedules.ScheduleError as exc:
+            return f"invalid schedule: {exc}"
+        return format_html_join(
+            "", "<div>{}</div>", ((instant.isoformat(),) for instant in instants)
+        ) or "none left"
+
+    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+        # Needed for the actions; fields stay read-only (edits go through the API).
+        return request.user.has_perm("tasks.change_task")
+
+    @admin.action(description="Pause selected tasks", permissions=["change"])
+    def pause(self, request, queryset) -> None:  # noqa: ANN001
+        _apply(self, request, queryset, services.task_pause, [TaskStatus.ACTIVE], "Paused")
+
+    @admin.action(description="Resume selected tasks", permissions=["change"])
+    def resume(self, request, queryset) -> None:  # noqa: ANN001
+        _apply(self, request, queryset, services.task_resume, [TaskStatus.PAUSED], "Resumed")
+
+    @admin.action(description="Cancel selected tasks", permissions=["change"])
+    def cancel(self, request, queryset) -> None:  # noqa: ANN001
+        eligible = [TaskStatus.ACTIVE, TaskStatus.PAUSED]
+        _apply(self, request, queryset, services.task_cancel, eligible, "Canceled")
+
+    @admin.action(description="Run selected tasks now", permissions=["change"])
+    def run_now(self, request, queryset) -> None:  # noqa: ANN001
+        eligible = [TaskStatus.ACTIVE, TaskStatus.PAUSED]
+        _apply(self, request, queryset, services.task_run_now, eligible, "Queued")
 
 
 @admin.register(Occurrence)
@@ -40,6 +110,22 @@ class OccurrenceAdmin(ReadOnlyAdmin):
     date_hierarchy = "run_at"
     list_select_related = ["task"]
     readonly_fields = [f.name for f in Occurrence._meta.fields]
+
+
+@admin.register(SkippedOccurrence)
+class SkippedOccurrenceAdmin(ReadOnlyAdmin):
+    list_display = ["task", "scheduled_for", "reason", "lateness_seconds", "recorded_at"]
+    list_filter = ["reason", "recorded_at"]
+    search_fields = ["task__title", "task__id"]
+    date_hierarchy = "scheduled_for"
+    list_select_related = ["task"]
+    readonly_fields = [f.name for f in SkippedOccurrence._meta.fields]
+
+
+@admin.register(SchedulerHeartbeat)
+class SchedulerHeartbeatAdmin(ReadOnlyAdmin):
+    list_display = ["id", "host", "pid", "started_at", "last_seen", "ticks", "enqueued"]
+    readonly_fields = [f.name for f in SchedulerHeartbeat._meta.fields]
 
 
 @admin.register(Run)

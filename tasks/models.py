@@ -85,6 +85,8 @@ class Task(models.Model):
     # Maintained by the scheduler: the next instant to enqueue. NULL when nothing is due
     # (paused, canceled, event-driven, or a schedule that has ended).
     next_run_at = models.DateTimeField(null=True, blank=True)
+    # When the task was paused; resume ledgers the instants that fell due since.
+    paused_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -305,3 +307,58 @@ class Run(models.Model):
         if self.status == RunStatus.RUNNING:
             return None
         return self.status == RunStatus.SUCCEEDED
+
+
+class SkipReason(models.TextChoices):
+    MISFIRE_SKIPPED = "misfire_skipped"  # missed while the scheduler was down; policy `skip`
+    COALESCED = "coalesced"  # missed; folded into one late run by policy `coalesce`
+    CATCH_UP_LIMIT = "catch_up_limit"  # missed beyond SCHEDULER_CATCHUP_MAX under `catch_up`
+    PAUSED = "paused"  # fell due, or was queued, while the task was paused
+    SNOOZED = "snoozed"  # folded into the one occurrence a snooze moved to its end
+    CANCELED = "canceled"  # was queued when the task was canceled
+    RESCHEDULED = "rescheduled"  # was queued when the task's schedule was changed
+
+
+class SkippedOccurrence(models.Model):
+    """The occurrence ledger: an instant the schedule produced that did not run, and why."""
+
+    id = models.BigAutoField(primary_key=True)
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="skipped_occurrences")
+    scheduled_for = models.DateTimeField()
+    reason = models.CharField(max_length=32, choices=SkipReason.choices)
+    # How late the instant was when it was given up (negative: given up before it was due).
+    lateness_seconds = models.FloatField(default=0)
+    details = models.JSONField(default=dict, blank=True)
+    recorded_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["-scheduled_for"]
+        indexes = [models.Index(fields=["task", "-scheduled_for"], name="skipped_task_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(reason__in=SkipReason.values), name="skipped_reason_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} @ {self.scheduled_for.isoformat()} ({self.reason})"
+
+
+class SchedulerHeartbeat(models.Model):
+    """One row per running scheduler process, refreshed every tick (for /health and admin)."""
+
+    id = models.CharField(max_length=200, primary_key=True)
+    host = models.CharField(max_length=200)
+    pid = models.IntegerField()
+    started_at = models.DateTimeField(default=now)
+    last_seen = models.DateTimeField(default=now, db_index=True)
+    # Counters since start and the latest tick's figures, for operators.
+    ticks = models.BigIntegerField(default=0)
+    enqueued = models.BigIntegerField(default=0)
+    last_tick = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen"]
+
+    def __str__(self) -> str:
+        return self.id

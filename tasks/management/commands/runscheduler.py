@@ -3,20 +3,25 @@ import threading
 
 from django.core.management.base import BaseCommand
 
+from tasks.scheduler import Scheduler
+
 
 class Command(BaseCommand):
-    help = "Run the scheduler (placeholder until the scheduler issue lands: it idles)."
+    help = "Run the scheduler: enqueue due occurrences of active tasks (safe to run N copies)."
+
+    def add_arguments(self, parser) -> None:  # noqa: ANN001
+        parser.add_argument("--once", action="store_true", help="run a single tick and exit")
+        parser.add_argument("--batch-size", type=int, help="tasks per transaction")
+        parser.add_argument("--lookahead", type=float, help="seconds to enqueue ahead of time")
+        parser.add_argument("--poll-interval", type=float, help="longest sleep between ticks")
 
     def handle(self, *args, **options) -> None:  # noqa: ANN002, ANN003
-        self.stderr.write(
-            "runscheduler: the scheduler is not implemented yet (see the Schedules and "
-            "scheduler issue); idling until stopped so `make dev` keeps running."
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        scheduler = Scheduler(
+            batch_size=options["batch_size"],
+            lookahead=options["lookahead"],
+            poll_interval=options["poll_interval"],
         )
-        _wait_for_signal()
-
-
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+        scheduler.run(stop, once=options["once"])

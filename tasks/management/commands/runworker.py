@@ -1,6 +1,7 @@
-from django.core.management.base import BaseCommand
+import signal
+import threading
 
-from tasks.management.commands.runscheduler import _wait_for_signal
+from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
@@ -14,4 +15,7 @@ class Command(BaseCommand):
             "runworker: the worker is not implemented yet (see the queue issue); "
             "idling until stopped so `make dev` keeps running."
         )
-        _wait_for_signal()
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()

@@ -1,0 +1,387 @@
+"""The scheduler: turns active tasks' schedules into queued occurrences.
+
+Each batch is one transaction: lock due tasks (`FOR UPDATE SKIP LOCKED`), insert their
+occurrences, advance `next_run_at`, ledger what misfired, commit. Hence:
+
+- any number of schedulers split the work and never enqueue an instant twice: a task row
+  is locked by at most one of them, and the instant it enqueues and the `next_run_at` that
+  moves past it commit together (the unique (task, scheduled_for) index backs this up);
+- a crash anywhere (kill -9, lost connection) rolls the batch back whole: nothing is lost,
+  the next tick of any scheduler does it again.
+
+Occurrences are enqueued up to SCHEDULER_LOOKAHEAD_SECONDS early (with run_at at their
+instant), so a burst of tasks due at the same second is already queued when it comes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+import psycopg
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
+
+from ordinaut.database import raw_connection
+from tasks import schedules
+from tasks.models import MisfirePolicy, SchedulerHeartbeat, SkipReason
+from tasks.services import SCHEDULER_CHANNEL, WORKER_CHANNEL, record_skipped
+
+logger = logging.getLogger(__name__)
+
+# Occurrences one task may enqueue per tick inside the look-ahead window (a SECONDLY rule).
+MAX_PER_TASK_PER_TICK = 100
+_ONE_MICROSECOND = timedelta(microseconds=1)
+
+# Lock a batch of due, active tasks. SKIP LOCKED: a row another scheduler holds (or a
+# service is editing) is passed over, so two schedulers never work on the same task; the
+# task's next_run_at moves in the same transaction, so once committed it is no longer due.
+LOCK_DUE_TASKS = """
+SELECT id, schedule_kind, schedule_expr, timezone, next_run_at, priority, concurrency_key,
+       misfire_policy
+FROM tasks_task
+WHERE status = 'active' AND next_run_at IS NOT NULL AND next_run_at <= %(horizon)s
+ORDER BY next_run_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+# Insert the batch's occurrences in one statement. ON CONFLICT is the backstop of the
+# exactly-once rule (it never fires while next_run_at is maintained as above).
+INSERT_OCCURRENCES = """
+INSERT INTO tasks_occurrence
+    (task_id, scheduled_for, run_at, priority, concurrency_key, state, attempt, trigger,
+     last_error, correlation_id, created_at)
+SELECT task_id, scheduled_for, run_at, priority, concurrency_key, 'queued', 0, 'schedule',
+       '', '', clock_timestamp()
+FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[], %s::smallint[], %s::text[])
+     AS v(task_id, scheduled_for, run_at, priority, concurrency_key)
+ON CONFLICT (task_id, scheduled_for) DO NOTHING
+"""
+
+# Advance every locked task's next_run_at in one statement (rows are ours: we hold locks).
+ADVANCE_TASKS = """
+UPDATE tasks_task AS t SET next_run_at = v.next_run_at
+FROM unnest(%s::uuid[], %s::timestamptz[]) AS v(id, next_run_at)
+WHERE t.id = v.id
+"""
+
+NEXT_DUE = """
+SELECT min(next_run_at) FROM tasks_task WHERE status = 'active' AND next_run_at IS NOT NULL
+"""
+
+
+@dataclass
+class TaskPlan:
+    """What one tick does for one task."""
+
+    enqueue: list[tuple[datetime, datetime]] = field(default_factory=list)  # (instant, run_at)
+    skipped: list[tuple[datetime, str]] = field(default_factory=list)  # (instant, reason)
+    next_run_at: datetime | None = None
+    misfired: bool = False
+
+
+NextFn = Callable[[str, str, str, datetime, int], list[datetime]]
+
+
+def plan_task(
+    *,
+    kind: str,
+    expr: str,
+    tz: str,
+    next_run_at: datetime,
+    policy: str,
+    now: datetime,
+    horizon: datetime,
+    grace: timedelta,
+    catchup_max: int,
+    next_fn: NextFn,
+) -> TaskPlan:
+    """Decide which instants of a due task to enqueue, which to ledger, and the new next_run_at.
+
+    `next_run_at` is the first instant not yet handled (always an instant of the schedule).
+    Instants older than now - grace misfired (the scheduler was down or far behind): the
+    policy decides — coalesce (one run now for the latest, the rest ledgered), skip (all
+    ledgered), catch_up (each runs now, at most `catchup_max`). Instants up to `horizon`
+    are enqueued with run_at at their own time. Pure: no database, no clock.
+    """
+    plan = TaskPlan()
+    cutoff = now - grace
+    missed: list[datetime] = []
+    cursor: datetime | None = next_run_at
+    if next_run_at < cutoff:
+        plan.misfired = True
+        # Enumerate at most catchup_max + 1 missed instants; a longer outage is summarised.
+        candidates = [next_run_at, *next_fn(kind, expr, tz, next_run_at, catchup_max)]
+        missed = [instant for instant in candidates if instant < cutoff]
+        following = next_fn(kind, expr, tz, cutoff - _ONE_MICROSECOND, 1)
+        cursor = following[0] if following else None
+    if missed:
+        if policy == MisfirePolicy.CATCH_UP:
+            kept, over = missed[:catchup_max], missed[catchup_max:]
+            plan.enqueue += [(instant, now) for instant in kept]
+            plan.skipped += [(instant, SkipReason.CATCH_UP_LIMIT) for instant in over]
+        elif policy == MisfirePolicy.SKIP:
+            plan.skipped += [(instant, SkipReason.MISFIRE_SKIPPED) for instant in missed]
+        else:  # coalesce: the latest missed instant runs now, the others fold into it
+            plan.enqueue.append((missed[-1], now))
+            plan.skipped += [(instant, SkipReason.COALESCED) for instant in missed[:-1]]
+    taken = 0
+    while cursor is not None and cursor <= horizon and taken < MAX_PER_TASK_PER_TICK:
+        plan.enqueue.append((cursor, cursor))
+        taken += 1
+        following = next_fn(kind, expr, tz, cursor, 1)
+        cursor = following[0] if following else None
+    plan.next_run_at = cursor
+    return plan
+
+
+@dataclass
+class BatchResult:
+    tasks: int = 0
+    enqueued: int = 0
+    skipped: int = 0
+    misfired: int = 0
+    # Seconds from each enqueued instant to its commit (negative: enqueued ahead of time).
+    lags: list[float] = field(default_factory=list)
+
+
+class Scheduler:
+    """Runs ticks until told to stop. Safe to run any number of copies."""
+
+    def __init__(
+        self,
+        *,
+        batch_size: int | None = None,
+        lookahead: float | None = None,
+        poll_interval: float | None = None,
+        clock: Callable[[], datetime] = timezone.now,
+        name: str | None = None,
+    ) -> None:
+        self.batch_size = batch_size or settings.SCHEDULER_BATCH_SIZE
+        self.lookahead = timedelta(
+            seconds=settings.SCHEDULER_LOOKAHEAD_SECONDS if lookahead is None else lookahead
+        )
+        self.poll_interval = (
+            settings.SCHEDULER_POLL_INTERVAL if poll_interval is None else poll_interval
+        )
+        self.grace = timedelta(seconds=settings.SCHEDULER_MISFIRE_GRACE_TIME)
+        self.catchup_max = settings.SCHEDULER_CATCHUP_MAX
+        self.clock = clock
+        self.name = name or f"scheduler@{socket.gethostname()}:{os.getpid()}"
+        self._listener = None
+        self._started = timezone.now()
+        self._ticks = 0
+        self._enqueued = 0
+
+    # -- one tick -------------------------------------------------------------------------
+
+    def tick(self) -> BatchResult:
+        """Enqueue everything due now (batch after batch); return the totals."""
+        total = BatchResult()
+        # Rule evaluations shared by every task with the same schedule in this tick.
+        memo: dict[tuple, list[datetime]] = {}
+
+        def next_fn(kind: str, expr: str, tz: str, after: datetime, n: int) -> list[datetime]:
+            key = (kind, expr, tz, after, n)
+            found = memo.get(key)
+            if found is None:
+                found = memo[key] = schedules.next_occurrences(kind, expr, tz, after, n)
+            return found
+
+        while True:
+            batch = self._tick_batch(next_fn)
+            total.tasks += batch.tasks
+            total.enqueued += batch.enqueued
+            total.skipped += batch.skipped
+            total.misfired += batch.misfired
+            total.lags += batch.lags
+            if batch.tasks < self.batch_size:
+                return total
+            if len(memo) > 100_000:
+                memo.clear()
+
+    def _tick_batch(self, next_fn: NextFn) -> BatchResult:
+        result = BatchResult()
+        with transaction.atomic(), connection.cursor() as cursor:
+            now = self.clock()
+            horizon = now + self.lookahead
+            cursor.execute(LOCK_DUE_TASKS, {"horizon": horizon, "limit": self.batch_size})
+            rows = cursor.fetchall()
+            if not rows:
+                return result
+            columns: list[list[Any]] = [[], [], [], [], []]
+            advance_ids: list[Any] = []
+            advance_to: list[datetime | None] = []
+            for task_id, kind, expr, tz, next_run_at, priority, key, policy in rows:
+                plan = self._plan(task_id, kind, expr, tz, next_run_at, policy, now, horizon, next_fn)
+                for instant, run_at in plan.enqueue:
+                    for column, value in zip(
+                        columns, (task_id, instant, run_at, priority, key), strict=True
+                    ):
+                        column.append(value)
+                for reason in {reason for _, reason in plan.skipped}:
+                    result.skipped += record_skipped(
+                        task_id,
+                        [instant for instant, r in plan.skipped if r == reason],
+                        reason=reason,
+                        now=now,
+                    )
+                result.misfired += plan.misfired
+                advance_ids.append(task_id)
+                advance_to.append(plan.next_run_at)
+            if columns[0]:
+                cursor.execute(INSERT_OCCURRENCES, columns)
+                result.enqueued = cursor.rowcount
+            cursor.execute(ADVANCE_TASKS, [advance_ids, advance_to])
+            if columns[0] and min(columns[2]) <= self.clock():
+                # Wake idle workers for work that is already due (future work they poll for).
+                cursor.execute("SELECT pg_notify(%s, '')", [WORKER_CHANNEL])
+            result.tasks = len(rows)
+        committed = self.clock()
+        result.lags = [(committed - instant).total_seconds() for instant in columns[1]]
+        return result
+
+    def _plan(self, task_id, kind, expr, tz, next_run_at, policy, now, horizon, next_fn):  # noqa: ANN001, ANN202, PLR0913
+        try:
+            return plan_task(
+                kind=kind, expr=expr, tz=tz, next_run_at=next_run_at, policy=policy,
+                now=now, horizon=horizon, grace=self.grace, catchup_max=self.catchup_max,
+                next_fn=next_fn,
+            )  # fmt: skip
+        except schedules.ScheduleError as exc:
+            # A rule that validated once but no longer evaluates (e.g. tzdata changed):
+            # stop scheduling it rather than failing the whole batch every tick.
+            logger.error(
+                "task %s has an unusable schedule; it will not fire: %s", task_id, exc,
+                extra={"task_id": str(task_id)},
+            )  # fmt: skip
+            return TaskPlan(next_run_at=None)
+
+    # -- loop -------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, once: bool = False) -> None:
+        """Tick, heartbeat, sleep until due or notified; survive database restarts."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                if not once:
+                    # Listen before the first tick so no change made during it is missed.
+                    self._ensure_listener()
+                started = time.monotonic()
+                result = self.tick()
+                self._heartbeat(result)
+                self._log_tick(result, time.monotonic() - started)
+                backoff = 0.5
+                if once:
+                    return
+                self._sleep(stop)
+            except (DatabaseError, psycopg.Error) as exc:
+                # Django's errors from the ORM connection, psycopg's from the LISTEN one.
+                if once:
+                    raise
+                logger.warning(
+                    "database unavailable, retrying in %.1fs: %s", backoff, exc,
+                    extra={"retry_in": backoff},
+                )  # fmt: skip
+                self._reset_connections()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        self._close_listener()
+
+    def _sleep(self, stop: threading.Event) -> None:
+        """Wait for the next due task, a NOTIFY from a task change, or the poll interval."""
+        wait = self.poll_interval
+        with connection.cursor() as cursor:
+            cursor.execute(NEXT_DUE)
+            (next_due,) = cursor.fetchone()
+        if next_due is not None:
+            until_due = (next_due - self.lookahead - self.clock()).total_seconds()
+            wait = max(0.0, min(wait, until_due))
+        if wait <= 0 or stop.is_set():
+            return
+        listener = self._ensure_listener()
+        deadline = time.monotonic() + wait
+        # Wake in short slices so a stop request is honoured quickly.
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            notes = listener.notifies(timeout=min(left, 0.5), stop_after=1)
+            woken = next(notes, None) is not None
+            # Close it before draining: the generator holds the connection's lock.
+            notes.close()
+            if woken:
+                # Drain what else arrived: one tick serves any number of notifications.
+                for _ in listener.notifies(timeout=0.01):
+                    pass
+                return
+
+    def _ensure_listener(self):  # noqa: ANN202
+        if self._listener is None or self._listener.closed:
+            self._listener = raw_connection(autocommit=True)
+            self._listener.execute(f"LISTEN {SCHEDULER_CHANNEL}")
+        return self._listener
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except Exception:  # noqa: BLE001, S110 (closing a dead connection may fail)
+                pass
+            self._listener = None
+
+    def _reset_connections(self) -> None:
+        self._close_listener()
+        try:
+            connection.close()
+        except DatabaseError:
+            pass
+
+    def _heartbeat(self, result: BatchResult) -> None:
+        self._ticks += 1
+        self._enqueued += result.enqueued
+        now = timezone.now()
+        SchedulerHeartbeat.objects.update_or_create(
+            id=self.name,
+            defaults={
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started_at": self._started,
+                "last_seen": now,
+                "ticks": self._ticks,
+                "enqueued": self._enqueued,
+                "last_tick": {
+                    "tasks": result.tasks,
+                    "enqueued": result.enqueued,
+                    "skipped": result.skipped,
+                    "misfired": result.misfired,
+                    "max_lag_seconds": max(result.lags, default=None),
+                },
+            },
+        )
+
+    def _log_tick(self, result: BatchResult, seconds: float) -> None:
+        if not result.tasks:
+            logger.debug("tick: nothing due")
+            return
+        logger.info(
+            "tick: %d tasks, %d enqueued, %d skipped, %d misfired in %.3fs",
+            result.tasks, result.enqueued, result.skipped, result.misfired, seconds,
+            extra={
+                "tasks": result.tasks,
+                "enqueued": result.enqueued,
+                "skipped": result.skipped,
+                "misfired": result.misfired,
+                "duration_seconds": round(seconds, 4),
+                "max_lag_seconds": round(max(result.lags, default=0.0), 4),
+            },
+        )  # fmt: skip
