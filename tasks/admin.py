@@ -72,9 +72,10 @@ class TaskAdmin(ReadOnlyAdmin):
             )
         except schedules.ScheduleError as exc:
             return f"invalid schedule: {exc}"
-        return format_html_join(
-            "", "<div>{}</div>", ((instant.isoformat(),) for instant in instants)
-        ) or "none left"
+        return (
+            format_html_join("", "<div>{}</div>", ((instant.isoformat(),) for instant in instants))
+            or "none left"
+        )
 
     def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
         # Needed for the actions; fields stay read-only (edits go through the API).

@@ -91,7 +91,7 @@ def _text(field: str, value: Any, *, max_length: int, required: bool) -> str | N
 
 
 def validate_payload(payload: Any) -> dict:
-    """The original's minimum: an object with a `pipeline` array (the Pipelines issue deepens it)."""
+    """The original's minimum: an object with a `pipeline` array (Pipelines deepens it)."""
     if not isinstance(payload, dict):
         raise InvalidInput("payload: must be an object", details={"payload": ["must be an object"]})
     if not isinstance(payload.get("pipeline"), list):
@@ -329,8 +329,7 @@ def _transition(task_id: Any, *, allowed_from: set[str], to: str, action: str) -
     task = _locked(task_id)
     if task.status not in allowed_from:
         raise Conflict(
-            f"task is {task.status}; {action} needs it to be "
-            f"{' or '.join(sorted(allowed_from))}",
+            f"task is {task.status}; {action} needs it to be {' or '.join(sorted(allowed_from))}",
             details={"status": task.status},
         )
     task.status = to
@@ -424,9 +423,10 @@ def task_snooze(
         )
         folded: list[datetime] = []
         if task.next_run_at is not None and task.next_run_at <= until:
-            folded = [task.next_run_at] + instants_between(
-                task, task.next_run_at, until, LEDGER_LIMIT
-            )
+            folded = [
+                task.next_run_at,
+                *instants_between(task, task.next_run_at, until, LEDGER_LIMIT),
+            ]
             created = _insert_occurrence(
                 task, scheduled_for=folded[0], run_at=until, trigger=Trigger.SCHEDULE
             )

@@ -15,8 +15,18 @@ def checks_by_name(body):
     return {check["name"]: check for check in body["checks"]}
 
 
+@pytest.fixture
+def scheduler_ran():
+    """A real scheduler tick, so /health sees a fresh scheduler heartbeat."""
+    import threading
+
+    from tasks.scheduler import Scheduler
+
+    Scheduler().run(threading.Event(), once=True)
+
+
 @pytest.mark.django_db
-def test_health_is_healthy_with_database_and_redis_checks(client):
+def test_health_is_healthy_with_database_and_redis_checks(client, scheduler_ran):
     response = client.get("/health")
     assert response.status_code == 200
     body = response.json()
@@ -26,8 +36,33 @@ def test_health_is_healthy_with_database_and_redis_checks(client):
     checks = checks_by_name(body)
     assert checks["database"]["status"] == "healthy"
     assert checks["redis"]["status"] == "healthy"
+    assert checks["scheduler"]["status"] == "healthy"
     assert set(checks["database"]) == {"name", "status", "message", "latency_ms"}
     assert body["queue"] == {"queued": 0, "leased": 0, "dead": 0, "oldest_due_lag_seconds": None}
+
+
+@pytest.mark.django_db
+def test_no_scheduler_heartbeat_degrades_health(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "degraded"
+    scheduler = checks_by_name(response.json())["scheduler"]
+    assert scheduler["status"] == "unhealthy"
+    assert "runscheduler" in scheduler["message"]
+
+
+@pytest.mark.django_db
+def test_stale_scheduler_heartbeat_degrades_health(client, scheduler_ran):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks.models import SchedulerHeartbeat
+
+    SchedulerHeartbeat.objects.update(last_seen=timezone.now() - timedelta(minutes=5))
+    body = client.get("/health").json()
+    assert body["status"] == "degraded"
+    assert "stale" in checks_by_name(body)["scheduler"]["message"]
 
 
 @pytest.mark.django_db
@@ -84,20 +119,9 @@ def redis_stopped(servers):
         servers.REDIS.start()
 
 
-@pytest.fixture
-def postgres_stopped(servers):
-    connection.close()
-    servers.POSTGRES.stop()
-    try:
-        yield
-    finally:
-        servers.POSTGRES.start()
-        connection.close()
-
-
 @pytest.mark.slow
 @pytest.mark.django_db
-def test_redis_down_degrades_but_keeps_200(client, redis_stopped):
+def test_redis_down_degrades_but_keeps_200(client, scheduler_ran, redis_stopped):
     response = client.get("/health")
     assert response.status_code == 200
     body = response.json()
@@ -111,7 +135,7 @@ def test_redis_down_degrades_but_keeps_200(client, redis_stopped):
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_postgres_down_is_503_unhealthy_and_recovers(client, servers):
+def test_postgres_down_is_503_unhealthy_and_recovers(client, servers, scheduler_ran):
     assert client.get("/health").status_code == 200
     connection.close()
     servers.POSTGRES.stop()

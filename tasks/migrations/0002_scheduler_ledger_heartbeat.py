@@ -6,48 +6,91 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('tasks', '0001_initial'),
+        ("tasks", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='SchedulerHeartbeat',
+            name="SchedulerHeartbeat",
             fields=[
-                ('id', models.CharField(max_length=200, primary_key=True, serialize=False)),
-                ('host', models.CharField(max_length=200)),
-                ('pid', models.IntegerField()),
-                ('started_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('last_seen', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('ticks', models.BigIntegerField(default=0)),
-                ('enqueued', models.BigIntegerField(default=0)),
-                ('last_tick', models.JSONField(blank=True, default=dict)),
+                ("id", models.CharField(max_length=200, primary_key=True, serialize=False)),
+                ("host", models.CharField(max_length=200)),
+                ("pid", models.IntegerField()),
+                ("started_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "last_seen",
+                    models.DateTimeField(db_index=True, default=django.utils.timezone.now),
+                ),
+                ("ticks", models.BigIntegerField(default=0)),
+                ("enqueued", models.BigIntegerField(default=0)),
+                ("last_tick", models.JSONField(blank=True, default=dict)),
             ],
             options={
-                'ordering': ['-last_seen'],
+                "ordering": ["-last_seen"],
             },
         ),
         migrations.AddField(
-            model_name='task',
-            name='paused_at',
+            model_name="task",
+            name="paused_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.CreateModel(
-            name='SkippedOccurrence',
+            name="SkippedOccurrence",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('scheduled_for', models.DateTimeField()),
-                ('reason', models.CharField(choices=[('misfire_skipped', 'Misfire Skipped'), ('coalesced', 'Coalesced'), ('catch_up_limit', 'Catch Up Limit'), ('paused', 'Paused'), ('snoozed', 'Snoozed'), ('canceled', 'Canceled'), ('rescheduled', 'Rescheduled')], max_length=32)),
-                ('lateness_seconds', models.FloatField(default=0)),
-                ('details', models.JSONField(blank=True, default=dict)),
-                ('recorded_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='skipped_occurrences', to='tasks.task')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("scheduled_for", models.DateTimeField()),
+                (
+                    "reason",
+                    models.CharField(
+                        choices=[
+                            ("misfire_skipped", "Misfire Skipped"),
+                            ("coalesced", "Coalesced"),
+                            ("catch_up_limit", "Catch Up Limit"),
+                            ("paused", "Paused"),
+                            ("snoozed", "Snoozed"),
+                            ("canceled", "Canceled"),
+                            ("rescheduled", "Rescheduled"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("lateness_seconds", models.FloatField(default=0)),
+                ("details", models.JSONField(blank=True, default=dict)),
+                ("recorded_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "task",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="skipped_occurrences",
+                        to="tasks.task",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-scheduled_for'],
-                'indexes': [models.Index(fields=['task', '-scheduled_for'], name='skipped_task_idx')],
-                'constraints': [models.CheckConstraint(condition=models.Q(('reason__in', ['misfire_skipped', 'coalesced', 'catch_up_limit', 'paused', 'snoozed', 'canceled', 'rescheduled'])), name='skipped_reason_valid')],
+                "ordering": ["-scheduled_for"],
+                "indexes": [
+                    models.Index(fields=["task", "-scheduled_for"], name="skipped_task_idx")
+                ],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            (
+                                "reason__in",
+                                [
+                                    "misfire_skipped",
+                                    "coalesced",
+                                    "catch_up_limit",
+                                    "paused",
+                                    "snoozed",
+                                    "canceled",
+                                    "rescheduled",
+                                ],
+                            )
+                        ),
+                        name="skipped_reason_valid",
+                    )
+                ],
             },
         ),
     ]

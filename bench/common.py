@@ -1,0 +1,50 @@
+"""Shared set-up for benchmarks: a throwaway PostgreSQL, Django configured against it."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ordinaut.embedded import EmbeddedPostgres, free_port  # noqa: E402
+
+
+def start_database() -> tuple[EmbeddedPostgres, str]:
+    """Start a fresh PostgreSQL (default durability settings) and return (server, url)."""
+    server = EmbeddedPostgres(
+        Path(tempfile.mkdtemp(prefix="ordinaut-bench-")) / "pg", port=free_port()
+    )
+    server.start()
+    server.create_database("ordinaut")
+    return server, server.tcp_url("ordinaut")
+
+
+def setup_django(url: str) -> dict[str, str]:
+    """Configure Django for this process against `url`, migrate; return env for children."""
+    env = {
+        "DEBUG": "0",
+        "SECRET_KEY": "bench-" + "x" * 60,
+        "DATABASE_URL": url,
+        "REDIS_URL": "",
+        "ORDINAUT_ENV_FILE": "",
+        "DJANGO_SETTINGS_MODULE": "ordinaut.settings",
+        "LOG_LEVEL": "WARNING",
+    }
+    os.environ.update(env)
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    return {**os.environ, **env}
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile of a non-empty list."""
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
