@@ -196,6 +196,20 @@ def live(request: HttpRequest) -> JsonResponse:
 
 
 @require_http_methods(["GET", "HEAD"])
+def index(request: HttpRequest) -> JsonResponse:
+    """Service identity and where to go next (the original's root document)."""
+    return JsonResponse(
+        {
+            "name": "Ordinaut",
+            "version": ordinaut.__version__,
+            "health_url": "/health",
+            "admin_url": "/admin/",
+            "metrics_url": "/metrics",
+        }
+    )
+
+
+@require_http_methods(["GET", "HEAD"])
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus exposition (django-prometheus collectors)."""
     return ExportToDjangoView(request)

@@ -4,6 +4,7 @@ from django.urls import path
 from ordinaut import health
 
 urlpatterns = [
+    path("", health.index, name="index"),
     path("health", health.health, name="health"),
     path("health/", health.health),
     path("health/ready", health.ready, name="health-ready"),

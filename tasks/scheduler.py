@@ -177,7 +177,8 @@ class Scheduler:
             settings.SCHEDULER_POLL_INTERVAL if poll_interval is None else poll_interval
         )
         self.grace = timedelta(seconds=settings.SCHEDULER_MISFIRE_GRACE_TIME)
-        self.catchup_max = settings.SCHEDULER_CATCHUP_MAX
+        # next_occurrences answers at most MAX_OCCURRENCES per call.
+        self.catchup_max = min(settings.SCHEDULER_CATCHUP_MAX, schedules.MAX_OCCURRENCES - 1)
         self.clock = clock
         self.name = name or f"scheduler@{socket.gethostname()}:{os.getpid()}"
         self._listener = None

@@ -106,7 +106,7 @@ def _validated_schedule(kind: str, expr: str | None, tz: str, now: datetime) -> 
     try:
         schedules.validate(kind, expr, tz, now)
     except schedules.ScheduleError as exc:
-        field = "timezone" if "timezone" in str(exc) else "schedule_expr"
+        field = "timezone" if str(exc).startswith("unknown timezone") else "schedule_expr"
         raise InvalidInput(f"{field}: {exc}", details={field: [str(exc)]}) from exc
     if kind == ScheduleKind.RRULE:
         # Anchor the rule at creation so INTERVAL=2 keeps its phase across restarts.

@@ -183,3 +183,8 @@ def test_request_logs_are_json_lines_with_the_correlation_id(client):
     assert line["logger"] == "django.request"
     assert "no-such-page" in line["message"]
     assert line["correlation_id"] == "corr-42"
+
+
+def test_root_names_the_service_and_its_links(client):
+    body = client.get("/").json()
+    assert (body["name"], body["health_url"]) == ("Ordinaut", "/health")
