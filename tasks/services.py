@@ -254,6 +254,50 @@ def task_create(
     return task
 
 
+def task_create_deduplicated(
+    *, created_by: Agent, dedupe_key: str | None, dedupe_window_seconds: int = 0, **fields: Any
+) -> tuple[Task, bool]:
+    """Create a task unless the agent created one with the same dedupe_key within the window.
+
+    Returns (task, created). Concurrent duplicates are serialised by a transaction-scoped
+    advisory lock on (agent, dedupe_key), so two racing requests yield one task.
+    Arguments are task_create's.
+    """
+    if not dedupe_key or not dedupe_window_seconds:
+        task = task_create(
+            created_by=created_by,
+            dedupe_key=dedupe_key,
+            dedupe_window_seconds=dedupe_window_seconds,
+            **fields,
+        )
+        return task, True
+    now = fields.pop("now", None) or timezone.now()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                [f"task-dedupe:{created_by.pk}:{dedupe_key}"],
+            )
+        window_start = now - timedelta(seconds=dedupe_window_seconds)
+        existing = (
+            Task.objects.filter(
+                created_by=created_by, dedupe_key=dedupe_key, created_at__gte=window_start
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        if existing is not None:
+            return existing, False
+        task = task_create(
+            created_by=created_by,
+            dedupe_key=dedupe_key,
+            dedupe_window_seconds=dedupe_window_seconds,
+            now=now,
+            **fields,
+        )
+        return task, True
+
+
 def task_update(
     *, task_id: Any, changes: dict[str, Any], actor: Actor, now: datetime | None = None
 ) -> Task:

@@ -284,3 +284,21 @@ def test_run_loop_once_writes_heartbeat(agent):
     scheduler.run(threading.Event(), once=True)
     beat = SchedulerHeartbeat.objects.get(id=scheduler.name)
     assert (beat.ticks, beat.enqueued, beat.last_tick["enqueued"]) == (1, 1, 1)
+
+
+def test_dedupe_key_within_window_returns_the_existing_task(agent):
+    fields = {"title": "t", "schedule_kind": "cron", "schedule_expr": "* * * * *",
+              "payload": PIPELINE, "actor": ACTOR}  # fmt: skip
+    first, created = services.task_create_deduplicated(
+        created_by=agent, dedupe_key="brief", dedupe_window_seconds=600, now=T0, **fields
+    )
+    again, created_again = services.task_create_deduplicated(
+        created_by=agent, dedupe_key="brief", dedupe_window_seconds=600,
+        now=T0 + timedelta(seconds=300), **fields,
+    )  # fmt: skip
+    later, created_later = services.task_create_deduplicated(
+        created_by=agent, dedupe_key="brief", dedupe_window_seconds=600,
+        now=T0 + timedelta(seconds=601), **fields,
+    )  # fmt: skip
+    assert (created, created_again, created_later) == (True, False, True)
+    assert again.pk == first.pk != later.pk
