@@ -13,6 +13,7 @@ from tasks.models import (
     SkippedOccurrence,
     Task,
     TaskStatus,
+    WorkerHeartbeat,
 )
 
 
@@ -111,6 +112,18 @@ class OccurrenceAdmin(ReadOnlyAdmin):
     date_hierarchy = "run_at"
     list_select_related = ["task"]
     readonly_fields = [f.name for f in Occurrence._meta.fields]
+    actions = ["rerun_dead"]
+
+    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+        return request.user.has_perm("tasks.change_occurrence")
+
+    @admin.action(description="Re-run selected dead occurrences", permissions=["change"])
+    def rerun_dead(self, request, queryset) -> None:  # noqa: ANN001
+        ids = list(queryset.filter(state="dead").values_list("id", flat=True))
+        new_ids = services.occurrence_rerun_dead(occurrence_ids=ids, actor=Actor.user(request.user))
+        self.message_user(request, f"Requeued {len(new_ids)} dead occurrence(s).", messages.SUCCESS)
+        if len(ids) < queryset.count():
+            self.message_user(request, "Only dead occurrences can be re-run.", messages.INFO)
 
 
 @admin.register(SkippedOccurrence)
@@ -121,6 +134,13 @@ class SkippedOccurrenceAdmin(ReadOnlyAdmin):
     date_hierarchy = "scheduled_for"
     list_select_related = ["task"]
     readonly_fields = [f.name for f in SkippedOccurrence._meta.fields]
+
+
+@admin.register(WorkerHeartbeat)
+class WorkerHeartbeatAdmin(ReadOnlyAdmin):
+    list_display = ["id", "host", "pid", "started_at", "last_seen", "concurrency", "running",
+                    "processed"]  # fmt: skip
+    readonly_fields = [f.name for f in WorkerHeartbeat._meta.fields]
 
 
 @admin.register(SchedulerHeartbeat)

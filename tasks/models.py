@@ -362,3 +362,23 @@ class SchedulerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class WorkerHeartbeat(models.Model):
+    """One row per running worker process, refreshed while it runs (for /health and admin)."""
+
+    id = models.CharField(max_length=200, primary_key=True)
+    host = models.CharField(max_length=200)
+    pid = models.IntegerField()
+    started_at = models.DateTimeField(default=now)
+    last_seen = models.DateTimeField(default=now, db_index=True)
+    concurrency = models.IntegerField(default=1)
+    running = models.IntegerField(default=0)
+    processed = models.BigIntegerField(default=0)
+    stopping = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-last_seen"]
+
+    def __str__(self) -> str:
+        return self.id

@@ -545,6 +545,31 @@ def task_run_now(*, task_id: Any, actor: Actor, now: datetime | None = None) -> 
     return occurrence
 
 
+def occurrence_rerun_dead(*, occurrence_ids: list[int], actor: Actor) -> list[int]:
+    """Give dead-lettered occurrences a fresh start (due now, full retry budget).
+
+    Only occurrences that are still dead are touched; returns the new occurrence ids.
+    """
+    from tasks import queue
+
+    with transaction.atomic():
+        task_ids = list(
+            Occurrence.objects.filter(id__in=occurrence_ids, state=OccurrenceState.DEAD)
+            .values_list("task_id", flat=True)
+            .distinct()
+        )
+        new_ids = queue.rerun_dead(list(occurrence_ids))
+        for task_id in task_ids:
+            record(
+                actor=actor,
+                action="occurrence.rerun",
+                subject_type="task",
+                subject_id=str(task_id),
+                details={"occurrences": list(occurrence_ids), "requeued": len(new_ids)},
+            )
+    return new_ids
+
+
 def local_time(instant: datetime, tz: str) -> datetime:
     """`instant` in zone `tz` (for messages and the admin)."""
     return instant.astimezone(ZoneInfo(tz))

@@ -1,21 +1,45 @@
+import logging
+import os
 import signal
 import threading
 
 from django.core.management.base import BaseCommand
 
+from tasks.worker import Worker
+
 
 class Command(BaseCommand):
-    help = "Run a worker (placeholder until the queue issue lands: it idles)."
+    help = "Run a worker: lease due occurrences and execute their pipelines (safe to run N)."
 
     def add_arguments(self, parser) -> None:  # noqa: ANN001
-        parser.add_argument("--concurrency", type=int, default=1)
+        parser.add_argument("--concurrency", type=int, default=4, help="pipeline threads")
+        parser.add_argument("--burst", action="store_true", help="drain the queue, then exit")
+        parser.add_argument(
+            "--concurrency-key",
+            action="append",
+            dest="keys",
+            help="only run occurrences with this concurrency key (repeatable)",
+        )
+        parser.add_argument("--lease-seconds", type=float, help="default WORKER_LEASE_SECONDS")
+        parser.add_argument("--poll-interval", type=float, help="default WORKER_POLL_INTERVAL")
+        parser.add_argument(
+            "--shutdown-grace", type=float, default=30.0, help="seconds to finish on SIGTERM"
+        )
 
     def handle(self, *args, **options) -> None:  # noqa: ANN002, ANN003
-        self.stderr.write(
-            "runworker: the worker is not implemented yet (see the queue issue); "
-            "idling until stopped so `make dev` keeps running."
-        )
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        stop.wait()
+        worker = Worker(
+            concurrency=options["concurrency"],
+            burst=options["burst"],
+            concurrency_keys=options["keys"],
+            lease_seconds=options["lease_seconds"],
+            poll_interval=options["poll_interval"],
+            shutdown_grace=options["shutdown_grace"],
+        )
+        worker.run(stop)
+        if worker.threads_still_running():
+            # A tool ignored its timeout; its attempt is already requeued. Do not hang.
+            logging.shutdown()
+            os._exit(0)

@@ -1,0 +1,329 @@
+"""The worker: lease occurrences, run their pipelines in threads, record every attempt.
+
+One main thread talks to the queue (claim, heartbeat, finish, reclaim) in batches; a pool
+of `concurrency` threads runs pipelines. Idle, it sleeps on LISTEN (the insert trigger and
+the services NOTIFY), so due work starts within milliseconds; the poll interval is only
+the fallback and the timer for future run_at values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue as stdlib_queue
+import socket
+import threading
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
+from django.utils import timezone
+
+from ordinaut.correlation import reset_correlation_id, set_correlation_id
+from ordinaut.database import raw_connection
+from tasks import queue
+from tasks.models import Run, RunStatus, Task, WorkerHeartbeat
+from tasks.services import WORKER_CHANNEL
+
+logger = logging.getLogger("ordinaut.worker")
+run_logger = logging.getLogger("ordinaut.runs")
+
+
+@dataclass
+class _InFlight:
+    claimed: queue.Claimed
+    task: Task
+    future: Future
+    deadline: float | None  # monotonic; None: no run timeout
+
+
+def execute_pipeline(run: Run, *, deadline: float | None) -> Any:
+    """Run the task's pipeline through the pipelines executor (imported late: optional app)."""
+    from pipelines.executor import execute
+
+    return execute(run, deadline=deadline)
+
+
+class Worker:
+    """Safe to run any number of copies, on any number of machines."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = 4,
+        burst: bool = False,
+        concurrency_keys: list[str] | None = None,
+        lease_seconds: float | None = None,
+        poll_interval: float | None = None,
+        shutdown_grace: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        self.concurrency = concurrency
+        self.burst = burst
+        self.concurrency_keys = concurrency_keys
+        self.lease_seconds = lease_seconds or settings.WORKER_LEASE_SECONDS
+        self.poll_interval = poll_interval or settings.WORKER_POLL_INTERVAL
+        self.shutdown_grace = shutdown_grace
+        self.name = name or f"worker@{socket.gethostname()}:{os.getpid()}"
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="run")
+        self._results: stdlib_queue.Queue = stdlib_queue.Queue()
+        self._in_flight: dict[int, _InFlight] = {}
+        self._tasks: dict[Any, Task] = {}
+        self._listener: psycopg.Connection | None = None
+        self._started = timezone.now()
+        self._processed = 0
+        self._last_beat = 0.0
+        self._last_reclaim = 0.0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Claim, execute, record, until `stop` (or, with burst, until the queue is empty)."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self._ensure_listener()
+                worked = self.run_once()
+                backoff = 0.5
+                if self.burst and not worked and not self._in_flight:
+                    break
+                if not worked:
+                    self._wait_for_work(stop)
+            except (DatabaseError, psycopg.Error) as exc:
+                logger.warning("database unavailable, retrying in %.1fs: %s", backoff, exc)
+                self._reset_connections()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        self._shutdown()
+
+    def run_once(self) -> bool:
+        """One pass: housekeeping, claim what fits, record what finished. True if it did work."""
+        now = time.monotonic()
+        if now - self._last_beat > self.lease_seconds / 3:
+            self._heartbeat()
+        if now - self._last_reclaim > min(5.0, self.lease_seconds / 2):
+            self._last_reclaim = now
+            for occurrence_id, state in queue.reclaim_expired():
+                logger.warning("reclaimed occurrence %s -> %s", occurrence_id, state)
+        room = 2 * self.concurrency - len(self._in_flight)  # keep the pool fed
+        claimed = queue.claim(
+            self.name, room, lease_seconds=self.lease_seconds,
+            concurrency_keys=self.concurrency_keys,
+        ) if room > 0 else []  # fmt: skip
+        for item in claimed:
+            self._start(item)
+        finished = self._collect(block=bool(self._in_flight) and not claimed)
+        return bool(claimed or finished)
+
+    # -- executing --------------------------------------------------------------------------
+
+    def _start(self, claimed: queue.Claimed) -> None:
+        task = self._task(claimed.task_id)
+        deadline = time.monotonic() + task.timeout_seconds if task.timeout_seconds else None
+        future = self._pool.submit(self._execute, claimed, task, deadline)
+        self._in_flight[claimed.occurrence_id] = _InFlight(claimed, task, future, deadline)
+
+    def _task(self, task_id: Any) -> Task:
+        # Tasks change rarely and runs are many: cache them briefly (edits apply next claim).
+        task = self._tasks.get(task_id)
+        if task is None or time.monotonic() - task._cached_at > 5:
+            task = Task.objects.select_related("created_by").get(pk=task_id)
+            task._cached_at = time.monotonic()
+            if len(self._tasks) > 10_000:
+                self._tasks.clear()
+            self._tasks[task_id] = task
+        return task
+
+    def _execute(self, claimed: queue.Claimed, task: Task, deadline: float | None) -> None:
+        """Runs in a pool thread. Never raises: every failure becomes an outcome."""
+        token = set_correlation_id(claimed.correlation_id)
+        started = time.perf_counter()
+        try:
+            run = Run(
+                id=claimed.run_id,
+                task=task,
+                occurrence_id=claimed.occurrence_id,
+                scheduled_for=claimed.scheduled_for,
+                attempt=claimed.attempt,
+                trigger=claimed.trigger,
+                status=RunStatus.RUNNING,
+                started_at=claimed.started_at,
+                correlation_id=claimed.correlation_id,
+            )
+            result = execute_pipeline(run, deadline=deadline)
+            outcome = self._outcome(claimed, task, result.status, result.output, result.error,
+                                    retryable=result.retryable)  # fmt: skip
+        except Exception as exc:  # the executor promises not to raise; this is the backstop
+            error = f"executor crashed: {type(exc).__name__}: {exc}"
+            logger.error("%s\n%s", error, traceback.format_exc())
+            outcome = self._outcome(claimed, task, RunStatus.FAILED, None, error)
+        finally:
+            reset_correlation_id(token)
+            close_old_connections()
+        outcome.duration_ms = (time.perf_counter() - started) * 1000
+        self._results.put(outcome)
+
+    @staticmethod
+    def _outcome(claimed, task, status, output, error, *, retryable=True) -> queue.Outcome:  # noqa: ANN001
+        if status == "waiting":
+            # Parked for a human decision: the Events/Approvals issue resumes it. Until then
+            # it is recorded as failed-not-retryable so it never silently vanishes.
+            status, error, retryable = RunStatus.FAILED, error or "approval pending", False
+        return queue.Outcome(
+            claimed=claimed, status=status, output=output, error=error, retryable=retryable,
+            max_retries=task.max_retries, backoff_strategy=task.backoff_strategy,
+        )  # fmt: skip
+
+    # -- recording --------------------------------------------------------------------------
+
+    def _collect(self, *, block: bool) -> int:
+        """Record finished attempts (and timed-out ones) in one batch; return how many."""
+        outcomes: list[queue.Outcome] = []
+        try:
+            if block:
+                outcomes.append(self._results.get(timeout=0.05))
+            while True:
+                outcomes.append(self._results.get_nowait())
+        except stdlib_queue.Empty:
+            pass
+        outcomes += self._timed_out()
+        outcomes = [o for o in outcomes if self._in_flight.pop(o.claimed.occurrence_id, None)]
+        if outcomes:
+            counts = queue.finish(self.name, outcomes)
+            self._processed += len(outcomes)
+            for outcome in outcomes:
+                self._log_run(outcome)
+            logger.debug("recorded %s", counts)
+        return len(outcomes)
+
+    def _timed_out(self) -> list[queue.Outcome]:
+        """Runs past their deadline (plus a grace for the executor to notice) end now.
+
+        The thread may still be stuck in a tool that ignores timeouts; its late result is
+        discarded because the occurrence is no longer in flight.
+        """
+        now = time.monotonic()
+        late = []
+        for item in list(self._in_flight.values()):
+            if item.deadline is not None and now > item.deadline + 5 and not item.future.done():
+                late.append(
+                    self._outcome(
+                        item.claimed,
+                        item.task,
+                        RunStatus.TIMED_OUT,
+                        None,
+                        f"run exceeded its timeout of {item.task.timeout_seconds}s",
+                    )
+                )
+        return late
+
+    def _log_run(self, outcome: queue.Outcome) -> None:
+        claimed = outcome.claimed
+        run_logger.info(
+            "run %s %s", claimed.run_id, outcome.status,
+            extra={
+                "correlation_id": claimed.correlation_id,
+                "run_id": str(claimed.run_id),
+                "task_id": str(claimed.task_id),
+                "occurrence_id": claimed.occurrence_id,
+                "attempt": claimed.attempt,
+                "outcome": outcome.status,
+                "duration_ms": round(outcome.duration_ms, 2),
+                "error": outcome.error,
+            },
+        )  # fmt: skip
+
+    # -- waiting, heartbeats, shutdown --------------------------------------------------------
+
+    def _wait_for_work(self, stop: threading.Event) -> None:
+        """Sleep until NOTIFY, the poll interval, or (when busy) a finished run."""
+        if self._in_flight:
+            return  # _collect already blocked briefly on results
+        deadline = time.monotonic() + self.poll_interval
+        while not stop.is_set() and time.monotonic() < deadline:
+            notes = self._listener.notifies(
+                timeout=min(0.5, deadline - time.monotonic()), stop_after=1
+            )
+            woken = next(notes, None) is not None
+            notes.close()  # it holds the connection's lock
+            if woken:
+                return
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.closed:
+            self._listener = raw_connection(autocommit=True)
+            self._listener.execute(f"LISTEN {WORKER_CHANNEL}")
+
+    def _heartbeat(self) -> None:
+        self._last_beat = time.monotonic()
+        held = queue.heartbeat(self.name, list(self._in_flight), lease_seconds=self.lease_seconds)
+        for occurrence_id in set(self._in_flight) - held:
+            # Our lease was taken over (we were too slow): another attempt owns the work.
+            logger.warning("lost the lease of occurrence %s", occurrence_id)
+            self._in_flight.pop(occurrence_id, None)
+        WorkerHeartbeat.objects.update_or_create(
+            id=self.name,
+            defaults={
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started_at": self._started,
+                "last_seen": timezone.now(),
+                "concurrency": self.concurrency,
+                "running": len(self._in_flight),
+                "processed": self._processed,
+            },
+        )
+
+    def _shutdown(self) -> None:
+        """Stop claiming; release what never started; let running pipelines finish within
+        the grace period; requeue what is still running after it (as a canceled attempt)."""
+        unstarted = [oid for oid, item in self._in_flight.items() if item.future.cancel()]
+        for oid in unstarted:
+            del self._in_flight[oid]
+        with contextlib.suppress(DatabaseError, psycopg.Error):
+            queue.release(self.name, unstarted)
+        deadline = time.monotonic() + self.shutdown_grace
+        while self._in_flight and time.monotonic() < deadline:
+            try:
+                self._collect(block=True)
+                if time.monotonic() - self._last_beat > self.lease_seconds / 3:
+                    self._heartbeat()
+            except (DatabaseError, psycopg.Error) as exc:
+                logger.warning("cannot record results during shutdown: %s", exc)
+                time.sleep(0.5)
+                self._reset_connections()
+        if self._in_flight:
+            stuck = [
+                self._outcome(item.claimed, item.task, RunStatus.CANCELED, None,
+                              f"worker shut down after a {self.shutdown_grace:g}s grace period")
+                for item in self._in_flight.values()
+            ]  # fmt: skip
+            logger.warning("%d run(s) still running after the grace period; requeued", len(stuck))
+            with contextlib.suppress(DatabaseError, psycopg.Error):
+                queue.finish(self.name, stuck)
+            self._in_flight.clear()
+        with contextlib.suppress(DatabaseError, psycopg.Error):
+            WorkerHeartbeat.objects.filter(id=self.name).delete()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._close_listener()
+
+    def threads_still_running(self) -> bool:
+        """True when a pipeline thread is stuck past shutdown (the caller may hard-exit)."""
+        return any(t.name.startswith("run") and t.is_alive() for t in threading.enumerate())
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                self._listener.close()
+            self._listener = None
+
+    def _reset_connections(self) -> None:
+        self._close_listener()
+        with contextlib.suppress(DatabaseError):
+            connection.close()
