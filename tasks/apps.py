@@ -7,7 +7,8 @@ class TasksConfig(AppConfig):
 
     def ready(self) -> None:
         from ordinaut.health import CHECKS
-        from tasks.health import check_scheduler
+        from tasks.health import check_scheduler, check_workers
 
-        if check_scheduler not in CHECKS:
-            CHECKS.append(check_scheduler)
+        for check in (check_scheduler, check_workers):
+            if check not in CHECKS:
+                CHECKS.append(check)

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from ordinaut.health import CheckResult, timed_check
-from tasks.models import SchedulerHeartbeat
+from tasks.models import SchedulerHeartbeat, WorkerHeartbeat
 
 
 def _scheduler_probe() -> str:
@@ -25,3 +25,17 @@ def _scheduler_probe() -> str:
 
 def check_scheduler() -> CheckResult:
     return timed_check("scheduler", False, _scheduler_probe)
+
+
+def _workers_probe() -> str:
+    fresh_after = timezone.now() - timedelta(seconds=max(30, settings.WORKER_LEASE_SECONDS))
+    fresh = WorkerHeartbeat.objects.filter(last_seen__gte=fresh_after)
+    count = fresh.count()
+    if not count:
+        raise RuntimeError("no worker heartbeat recently; start `manage.py runworker`")
+    threads = sum(fresh.values_list("concurrency", flat=True))
+    return f"{count} worker(s) running, {threads} pipeline thread(s)"
+
+
+def check_workers() -> CheckResult:
+    return timed_check("workers", False, _workers_probe)

@@ -74,6 +74,9 @@ class Worker:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="run")
         self._results: stdlib_queue.Queue = stdlib_queue.Queue()
         self._in_flight: dict[int, _InFlight] = {}
+        self._unrecorded: list[queue.Outcome] = []
+        # Moving average of run durations (seconds); starts pessimistic (slow pipelines).
+        self._avg_run_seconds = 1.0
         self._tasks: dict[Any, Task] = {}
         self._listener: psycopg.Connection | None = None
         self._started = timezone.now()
@@ -111,15 +114,27 @@ class Worker:
             self._last_reclaim = now
             for occurrence_id, state in queue.reclaim_expired():
                 logger.warning("reclaimed occurrence %s -> %s", occurrence_id, state)
-        room = 2 * self.concurrency - len(self._in_flight)  # keep the pool fed
-        claimed = queue.claim(
-            self.name, room, lease_seconds=self.lease_seconds,
-            concurrency_keys=self.concurrency_keys,
-        ) if room > 0 else []  # fmt: skip
+        room = self._prefetch() - len(self._in_flight)
+        # Claim in batches: topping up one slot at a time would cost a commit per run.
+        claimed = []
+        if room > 0 and (not self._in_flight or room >= self._prefetch() // 2):
+            claimed = queue.claim(
+                self.name, room, lease_seconds=self.lease_seconds,
+                concurrency_keys=self.concurrency_keys,
+            )  # fmt: skip
         for item in claimed:
             self._start(item)
         finished = self._collect(block=bool(self._in_flight) and not claimed)
         return bool(claimed or finished)
+
+    def _prefetch(self) -> int:
+        """How many occurrences to hold: enough to keep every thread busy for ~0.25 s.
+
+        Slow pipelines get two per thread (a long run must not sit on work another worker
+        could start); fast ones get big batches, because each batch costs two commits.
+        """
+        wanted = int(self.concurrency * 0.25 / max(self._avg_run_seconds, 1e-4))
+        return max(2 * self.concurrency, min(wanted, 1000))
 
     # -- executing --------------------------------------------------------------------------
 
@@ -183,23 +198,42 @@ class Worker:
     # -- recording --------------------------------------------------------------------------
 
     def _collect(self, *, block: bool) -> int:
-        """Record finished attempts (and timed-out ones) in one batch; return how many."""
-        outcomes: list[queue.Outcome] = []
+        """Record finished attempts (and timed-out ones) in one batch; return how many.
+
+        Outcomes leave memory only once their batch committed: if the database is down,
+        they are kept and recorded on a later pass (leases are extended meanwhile).
+        """
+        outcomes = self._unrecorded
         try:
-            if block:
+            if block and not outcomes:
                 outcomes.append(self._results.get(timeout=0.05))
+                # More results are usually a moment away: one commit for all of them.
+                window = time.monotonic() + min(0.01, self._avg_run_seconds)
+                while len(outcomes) < len(self._in_flight) and time.monotonic() < window:
+                    outcomes.append(self._results.get(timeout=max(0.0, window - time.monotonic())))
             while True:
                 outcomes.append(self._results.get_nowait())
         except stdlib_queue.Empty:
             pass
         outcomes += self._timed_out()
-        outcomes = [o for o in outcomes if self._in_flight.pop(o.claimed.occurrence_id, None)]
-        if outcomes:
-            counts = queue.finish(self.name, outcomes)
-            self._processed += len(outcomes)
-            for outcome in outcomes:
-                self._log_run(outcome)
-            logger.debug("recorded %s", counts)
+        # Drop results for work no longer ours (timed out earlier, or lease taken over), and
+        # a thread's result that raced its own timeout verdict (first verdict wins).
+        unique: dict[int, queue.Outcome] = {}
+        for outcome in outcomes:
+            if outcome.claimed.occurrence_id in self._in_flight:
+                unique.setdefault(outcome.claimed.occurrence_id, outcome)
+        outcomes = list(unique.values())
+        self._unrecorded = outcomes
+        if not outcomes:
+            return 0
+        counts = queue.finish(self.name, outcomes)
+        self._unrecorded = []
+        for outcome in outcomes:
+            self._in_flight.pop(outcome.claimed.occurrence_id, None)
+            self._avg_run_seconds += 0.05 * (outcome.duration_ms / 1000 - self._avg_run_seconds)
+            self._log_run(outcome)
+        self._processed += len(outcomes)
+        logger.debug("recorded %s", counts)
         return len(outcomes)
 
     def _timed_out(self) -> list[queue.Outcome]:
@@ -210,8 +244,10 @@ class Worker:
         """
         now = time.monotonic()
         late = []
+        pending = {o.claimed.occurrence_id for o in self._unrecorded}
         for item in list(self._in_flight.values()):
-            if item.deadline is not None and now > item.deadline + 5 and not item.future.done():
+            overdue = item.deadline is not None and now > item.deadline + 5
+            if overdue and not item.future.done() and item.claimed.occurrence_id not in pending:
                 late.append(
                     self._outcome(
                         item.claimed,

@@ -17,12 +17,14 @@ def checks_by_name(body):
 
 @pytest.fixture
 def scheduler_ran():
-    """A real scheduler tick, so /health sees a fresh scheduler heartbeat."""
+    """A real scheduler tick and a real worker pass, so /health sees fresh heartbeats."""
     import threading
 
     from tasks.scheduler import Scheduler
+    from tasks.worker import Worker
 
     Scheduler().run(threading.Event(), once=True)
+    Worker(burst=True, concurrency=1)._heartbeat()
 
 
 @pytest.mark.django_db
@@ -37,6 +39,7 @@ def test_health_is_healthy_with_database_and_redis_checks(client, scheduler_ran)
     assert checks["database"]["status"] == "healthy"
     assert checks["redis"]["status"] == "healthy"
     assert checks["scheduler"]["status"] == "healthy"
+    assert checks["workers"]["status"] == "healthy"
     assert set(checks["database"]) == {"name", "status", "message", "latency_ms"}
     assert body["queue"] == {"queued": 0, "leased": 0, "dead": 0, "oldest_due_lag_seconds": None}
 
@@ -49,6 +52,20 @@ def test_no_scheduler_heartbeat_degrades_health(client):
     scheduler = checks_by_name(response.json())["scheduler"]
     assert scheduler["status"] == "unhealthy"
     assert "runscheduler" in scheduler["message"]
+
+
+@pytest.mark.django_db
+def test_no_worker_heartbeat_degrades_health(client):
+    import threading
+
+    from tasks.scheduler import Scheduler
+
+    Scheduler().run(threading.Event(), once=True)
+    body = client.get("/health").json()
+    assert body["status"] == "degraded"
+    workers = checks_by_name(body)["workers"]
+    assert workers["status"] == "unhealthy"
+    assert "runworker" in workers["message"]
 
 
 @pytest.mark.django_db
