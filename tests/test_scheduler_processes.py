@@ -2,6 +2,7 @@
 
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 from datetime import timedelta
@@ -28,14 +29,26 @@ def scheduler_env(url, **extra):
 
 
 def start_scheduler(url, *args, **extra):
-    return subprocess.Popen(
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "runscheduler", *args],
         env=scheduler_env(url, **extra),
         cwd=ROOT,
-        stdout=subprocess.PIPE,
+        # A file, not a pipe: nobody reads a pipe until the end, and a full pipe would
+        # block the process on its next log line.
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    proc.log = log
+    return proc
+
+
+def finished(proc, timeout):
+    """Wait for the process to exit; return its output."""
+    proc.wait(timeout=timeout)
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def bulk_tasks(count, *, due_at):
@@ -85,7 +98,7 @@ def test_two_schedulers_in_parallel_never_enqueue_twice(test_database_url):
     # Small batches and a look-ahead of a few minutes make both processes fight over rows.
     args = ["--once", "--batch-size", "50", "--lookahead", "150"]
     procs = [start_scheduler(test_database_url, *args) for _ in range(2)]
-    outputs = [proc.communicate(timeout=240)[0] for proc in procs]
+    outputs = [finished(proc, 240) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs
     assert Occurrence.objects.count() >= 2000 * 3
     assert_contiguous_minutes(first)
@@ -132,7 +145,7 @@ def test_scheduler_survives_postgres_restart(test_database_url, servers):
         assert Occurrence.objects.filter(task=before).count() == 1
     finally:
         proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=30)[0]
+        output = finished(proc, 30)
     assert proc.returncode == 0, output
     assert "database unavailable, retrying" in output
 
@@ -155,5 +168,5 @@ def test_task_change_wakes_an_idle_scheduler_at_once(test_database_url):
         assert occurrence.created_at - occurrence.scheduled_for < timedelta(seconds=3)
     finally:
         proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=30)[0]
+        output = finished(proc, 30)
     assert proc.returncode == 0, output
