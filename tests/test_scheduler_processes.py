@@ -2,8 +2,8 @@
 
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from datetime import timedelta
 
@@ -29,7 +29,7 @@ def scheduler_env(url, **extra):
 
 
 def start_scheduler(url, *args, **extra):
-    log = tempfile.TemporaryFile("w+")
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the process object)
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "runscheduler", *args],
         env=scheduler_env(url, **extra),

@@ -1,9 +1,10 @@
 """Real `runworker` processes: drain, kill -9, PostgreSQL restart, concurrency keys, SIGTERM."""
 
+import itertools
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from datetime import timedelta
 
@@ -33,7 +34,7 @@ def worker_env(url, **extra):
 
 
 def start_worker(url, *args):
-    log = tempfile.TemporaryFile("w+")
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the process object)
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "runworker", *args],
         env=worker_env(url),
@@ -175,7 +176,7 @@ def test_concurrency_key_never_runs_two_at_once(test_database_url):
     assert [code for code, _ in results] == [0, 0], results
     intervals = sorted(Run.objects.filter(task=task).values_list("started_at", "finished_at"))
     assert len(intervals) == 12
-    for (_, previous_end), (next_start, _) in zip(intervals, intervals[1:], strict=False):
+    for (_, previous_end), (next_start, _) in itertools.pairwise(intervals):
         assert next_start >= previous_end, "two runs of one concurrency key overlapped"
 
 
