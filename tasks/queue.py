@@ -43,7 +43,7 @@ WITH picked AS (
     UPDATE tasks_occurrence AS o
     SET state = 'leased', lease_owner = %(owner)s, attempt = o.attempt + 1,
         leased_until = statement_timestamp() + make_interval(secs => %(lease)s)
-    FROM picked WHERE o.id = picked.id
+    WHERE o.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING o.id, o.task_id, o.scheduled_for, o.run_at, o.attempt, o.trigger,
               o.correlation_id, o.priority, o.leased_until
 ), runs AS (
@@ -82,7 +82,7 @@ WITH picked AS (
     UPDATE tasks_occurrence AS o
     SET state = 'leased', lease_owner = %(owner)s, attempt = o.attempt + 1,
         leased_until = statement_timestamp() + make_interval(secs => %(lease)s)
-    FROM picked WHERE o.id = picked.id
+    WHERE o.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING o.id, o.task_id, o.scheduled_for, o.run_at, o.attempt, o.trigger,
               o.correlation_id, o.priority, o.leased_until
 ), runs AS (
