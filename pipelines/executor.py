@@ -1,0 +1,503 @@
+"""Run one attempt of a task's pipeline, step by step, recording each step as it finishes.
+
+The worker creates the Run row (status `running`), calls `execute(run)` and then finishes
+the run from the returned `ExecutionResult`; this module never sets the run's status.
+What it guarantees:
+
+- Durable: after every step the run's `steps` are written with a conditional UPDATE
+  (`WHERE status = 'running'`), so a worker that lost its lease cannot overwrite a newer
+  attempt, and it stops as soon as it notices.
+- Resumable: a later attempt of the same occurrence reuses the earlier attempt's leading
+  succeeded or skipped steps (status `reused`, same output) instead of repeating their side
+  effects, and resumes a step parked for approval.
+- Contained: nothing a payload or a tool does escapes as an exception. Each failure is a
+  step error naming the tool, the reason and the run's correlation id.
+- Secret-free: values of `${secrets.X}` never reach the stored steps, output or errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.utils import timezone
+
+from ordinaut.correlation import reset_correlation_id, set_correlation_id
+from ordinaut.errors import InvalidInput
+from pipelines.conditions import ConditionError, evaluate_condition
+from pipelines.secrets import get_secret, redact
+from pipelines.templating import TemplateContext, TemplateError, render
+from pipelines.tools.base import ToolContext, ToolError, ToolTimeout, ToolWaiting
+from pipelines.validation import step_name, validate_structure
+
+if TYPE_CHECKING:
+    from tasks.models import Run
+
+logger = logging.getLogger("pipelines.executor")
+
+MAX_BACKOFF_SECONDS = 60.0
+# How long a step's record waits for an unreachable database before the run gives up.
+DATABASE_RETRY_SECONDS = 60.0
+
+
+class StepStatus(StrEnum):
+    SUCCEEDED = "succeeded"  # the tool returned an output that matched its schema
+    FAILED = "failed"  # the step could not produce an output (see its error)
+    SKIPPED = "skipped"  # its `if` was falsy
+    REUSED = "reused"  # finished in an earlier attempt; its output was carried over
+    WAITING = "waiting"  # parked for a decision (approval.request)
+
+
+_REUSABLE = {StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.REUSED}
+
+
+@dataclass
+class ExecutionResult:
+    status: str  # "succeeded" | "failed" | "timed_out" | "waiting" (parked for approval)
+    output: Any  # the run's output (pipeline `output` template, else {"steps": {...}})
+    error: str | None  # human message: step id, tool name, reason
+    retryable: bool = True  # False for errors a retry cannot fix (schema, unknown tool...)
+
+
+class _LeaseLost(Exception):
+    """The run is no longer `running` in the database: another attempt owns the occurrence."""
+
+
+@dataclass
+class _StepFailure:
+    message: str
+    retryable: bool
+    timed_out: bool = False
+
+
+def execute(
+    run: Run, *, event: dict | None = None, deadline: float | None = None
+) -> ExecutionResult:
+    """Execute `run`'s pipeline; `deadline` is a `time.monotonic()` instant for the whole run.
+
+    Writes `run.steps` as it goes; never raises for anything a payload or tool can do.
+    """
+    token = set_correlation_id(run.correlation_id or None)
+    try:
+        return _Execution(run, event=event, deadline=deadline).run()
+    except Exception as exc:
+        # Only a bug in this module (or a database outage) lands here.
+        logger.exception("run %s: executor error", run.pk)
+        return ExecutionResult(
+            status="failed",
+            output=None,
+            error=f"internal error while executing the pipeline: {type(exc).__name__}: {exc} "
+            f"(correlation id {run.correlation_id or '-'})",
+        )
+    finally:
+        reset_correlation_id(token)
+
+
+def record_decision(*, run_id: Any, step_id: str, decision: dict[str, Any]) -> bool:
+    """Attach an approval decision to the waiting step `step_id` of run `run_id`.
+
+    `decision` is `{"status": "approved"|"rejected"|"expired", "decided_by", "comment",
+    "approved_items"?}`. The next attempt of the occurrence resumes with it. Returns False
+    when the run has no waiting step of that id.
+    """
+    from tasks.models import Run
+
+    with transaction.atomic():
+        run = Run.objects.select_for_update().filter(pk=run_id).first()
+        if run is None:
+            return False
+        steps = list(run.steps or [])
+        for record in steps:
+            if record.get("id") == step_id and record.get("status") == StepStatus.WAITING:
+                record["decision"] = {
+                    **decision,
+                    "decided_at": decision.get("decided_at") or timezone.now().isoformat(),
+                }
+                Run.objects.filter(pk=run.pk).update(steps=steps)
+                return True
+    return False
+
+
+class _Execution:
+    def __init__(self, run: Run, *, event: dict | None, deadline: float | None) -> None:
+        self.run_row = run
+        self.task = run.task
+        self.agent = self.task.created_by
+        self.deadline = deadline
+        self.correlation_id = run.correlation_id or "-"
+        self.records: list[dict[str, Any]] = []
+        zone = _zone(self.task.timezone)
+        now = timezone.now().astimezone(zone)
+        self.payload = self.task.payload if isinstance(self.task.payload, dict) else {}
+        self.data: dict[str, Any] = {
+            "params": self.payload.get("params") or {},
+            "steps": {},
+            "run": {
+                "id": str(run.pk),
+                "attempt": run.attempt,
+                "scheduled_for": _iso(run.scheduled_for, zone),
+                "trigger": run.trigger,
+                "occurrence_id": run.occurrence_id,
+                "correlation_id": run.correlation_id,
+            },
+            "task": {
+                "id": str(self.task.pk),
+                "title": self.task.title,
+                "timezone": self.task.timezone,
+                "created_by": str(self.agent.pk),
+                "agent": self.agent.name,
+            },
+            "event": event,
+            "now": now.isoformat(timespec="seconds"),
+        }
+        self.templates = TemplateContext(data=self.data, now=now, secret=get_secret)
+        # Names whose output the default run output lists, in pipeline order.
+        self.produced: list[str] = []
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self) -> ExecutionResult:
+        try:
+            validate_structure(self.payload)
+        except InvalidInput as exc:
+            return self._failed(f"invalid pipeline: {exc.message}", retryable=False)
+        pipeline = self.payload["pipeline"]
+        try:
+            start, resumed = self._reuse_previous(pipeline)
+            for index in range(start, len(pipeline)):
+                step = pipeline[index]
+                name = step_name(step, index)
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    return self._result(
+                        "timed_out", f"run timed out before step {name!r}", retryable=True
+                    )
+                outcome = self._run_step(step, name, resumed if index == start else None)
+                self._save()
+                if outcome is None or outcome == StepStatus.SKIPPED:
+                    continue
+                if outcome == StepStatus.WAITING:
+                    return self._waiting()
+                failure: _StepFailure = outcome
+                if step.get("on_error") == "continue":
+                    continue
+                status = "timed_out" if failure.timed_out else "failed"
+                return self._result(status, failure.message, retryable=failure.retryable)
+            return self._finish()
+        except _LeaseLost:
+            logger.warning("run %s is no longer running; stopped", self.run_row.pk)
+            return ExecutionResult(
+                status="failed",
+                output=None,
+                error="the run is no longer running (its lease was lost); stopped",
+            )
+
+    def _reuse_previous(self, pipeline: list[dict]) -> tuple[int, dict | None]:
+        """Carry over the previous attempt's leading finished steps; return where to start.
+
+        Also returns the previous record of the step to resume when that attempt parked on
+        it (an approval), so the tool can see the decision.
+        """
+        previous = self._previous_steps()
+        index, resumed = 0, None
+        while index < min(len(pipeline), len(previous)):
+            step, earlier = pipeline[index], previous[index]
+            name = step_name(step, index)
+            # Only the same step at the same place: the payload may have changed between
+            # attempts, and then nothing after the first difference can be trusted.
+            if earlier.get("id") != name or earlier.get("uses") != step["uses"]:
+                break
+            if earlier.get("status") == StepStatus.WAITING:
+                resumed = earlier
+                break
+            if earlier.get("status") not in _REUSABLE:
+                break
+            record = {**earlier, "status": StepStatus.REUSED.value}
+            record.setdefault("reused_from", earlier.get("run_id"))
+            record["run_id"] = str(self.run_row.pk)
+            self.records.append(record)
+            produced = earlier.get("produced", earlier.get("status") != StepStatus.SKIPPED)
+            output = earlier.get("output") if produced else None
+            self._publish(step, name, output, produced=produced)
+            index += 1
+        if self.records:
+            self._save()
+        return index, resumed
+
+    def _previous_steps(self) -> list[dict[str, Any]]:
+        from tasks.models import Run
+
+        if self.run_row.occurrence_id is None or self.run_row.attempt <= 1:
+            return []
+        previous = _retrying_database(
+            lambda: (
+                Run.objects.filter(
+                    occurrence_id=self.run_row.occurrence_id, attempt__lt=self.run_row.attempt
+                )
+                .order_by("-attempt")
+                .values("id", "steps")
+                .first()
+            ),
+            deadline=self.deadline,
+        )
+        if previous is None:
+            return []
+        steps = [dict(record) for record in previous["steps"] or [] if isinstance(record, dict)]
+        for record in steps:
+            record.setdefault("run_id", str(previous["id"]))
+        return steps
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def _run_step(
+        self, step: dict[str, Any], name: str, resumed: dict | None
+    ) -> StepStatus | _StepFailure | None:
+        """Run one step, append its record; return None (succeeded) or what stopped it."""
+        from agents.scopes import grants
+        from pipelines.registry import UnknownTool, get_tool
+
+        uses = step["uses"]
+        started = timezone.now()
+        clock = time.monotonic()
+        record: dict[str, Any] = {
+            "id": name,
+            "uses": uses,
+            "status": None,
+            "input": None,
+            "output": None,
+            "error": None,
+            "started_at": started.isoformat(),
+            "finished_at": None,
+            "duration_ms": None,
+            "attempts": 0,
+            "run_id": str(self.run_row.pk),
+        }
+        if step.get("save_as"):
+            record["save_as"] = step["save_as"]
+        self.records.append(record)
+
+        def finish(status: StepStatus, *, output: Any = None, error: str | None = None) -> None:
+            record["status"] = status.value
+            record["output"] = self._redact(output)
+            record["error"] = self._redact(error)
+            record["finished_at"] = timezone.now().isoformat()
+            record["duration_ms"] = round((time.monotonic() - clock) * 1000, 3)
+            level = logging.WARNING if status == StepStatus.FAILED else logging.INFO
+            logger.log(
+                level,
+                "run %s step %s (%s): %s%s",
+                self.run_row.pk,
+                name,
+                uses,
+                status.value,
+                f": {record['error']}" if error else "",
+                extra={"correlation_id": self.correlation_id, "step_id": name},
+            )
+
+        def fail(message: str, *, retryable: bool, timed_out: bool = False) -> _StepFailure:
+            # Tool errors often start with the tool's name; the record names it once.
+            message = message.removeprefix(f"{uses}: ")
+            error = f"{uses}: {message} (correlation id {self.correlation_id})"
+            finish(StepStatus.FAILED, error=error)
+            self._publish(step, name, None, produced=False)
+            return _StepFailure(
+                f"step {name!r} ({uses}) failed: {self._redact(message)} "
+                f"(correlation id {self.correlation_id})",
+                retryable=retryable,
+                timed_out=timed_out,
+            )
+
+        if isinstance(step.get("if"), str):
+            try:
+                holds = evaluate_condition(step["if"], self.data)
+            except ConditionError as exc:
+                return fail(str(exc), retryable=False)
+            if not holds:
+                finish(StepStatus.SKIPPED)
+                self._publish(step, name, None, produced=False)
+                return StepStatus.SKIPPED
+        try:
+            arguments = render(step.get("with") or {}, self.templates)
+        except TemplateError as exc:
+            return fail(str(exc), retryable=False)
+        record["input"] = self._redact(arguments)
+        try:
+            tool = get_tool(uses)
+        except UnknownTool as exc:
+            return fail(exc.message, retryable=False)
+        if not grants(self.agent.scopes, tool.required_scope):
+            return fail(
+                f"agent {self.agent.name!r} lacks scope {tool.required_scope!r}", retryable=False
+            )
+        try:
+            tool.check_input(arguments)
+        except ToolError as exc:
+            return fail(exc.message, retryable=False)
+
+        attempts, backoff, exponential = _retry_policy(step)
+        step_timeout = float(step.get("timeout_seconds") or tool.timeout_seconds)
+        failure: _StepFailure | None = None
+        for attempt in range(1, attempts + 1):
+            record["attempts"] = attempt
+            timeout, bounded_by_run = step_timeout, False
+            if self.deadline is not None:
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    return fail("the run's timeout passed", retryable=True, timed_out=True)
+                if remaining < step_timeout:
+                    timeout, bounded_by_run = remaining, True
+            context = ToolContext(
+                step_id=name,
+                timeout=timeout,
+                run=self.run_row,
+                task=self.task,
+                agent=self.agent,
+                correlation_id=self.correlation_id,
+                resumed=resumed,
+            )
+            try:
+                result = tool.call(arguments, context)
+                if isinstance(result, ToolWaiting):
+                    finish(StepStatus.WAITING, output=_jsonable(result.output))
+                    return StepStatus.WAITING
+                result = _jsonable(result)
+                tool.check_output(result)
+            except ToolTimeout as exc:
+                failure = _StepFailure(exc.message, retryable=True, timed_out=bounded_by_run)
+            except ToolError as exc:
+                failure = _StepFailure(exc.message, retryable=exc.retryable)
+            except Exception as exc:
+                logger.exception("run %s step %s (%s) raised", self.run_row.pk, name, uses)
+                failure = _StepFailure(f"{type(exc).__name__}: {exc}", retryable=True)
+            else:
+                finish(StepStatus.SUCCEEDED, output=result)
+                self._publish(step, name, result)
+                return None
+            if not failure.retryable or failure.timed_out or attempt == attempts:
+                break
+            delay = min(backoff * (2 ** (attempt - 1) if exponential else 1), MAX_BACKOFF_SECONDS)
+            if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+                break
+            logger.info("run %s step %s: attempt %d failed", self.run_row.pk, name, attempt)
+            time.sleep(delay)
+        assert failure is not None
+        return fail(failure.message, retryable=failure.retryable, timed_out=failure.timed_out)
+
+    def _publish(self, step: dict, name: str, output: Any, *, produced: bool = True) -> None:
+        """Make a step's output readable as `${steps.<id>}` and `${steps.<save_as>}`."""
+        key = step.get("save_as") or name
+        self.data["steps"][name] = output
+        self.data["steps"][key] = output
+        self.records[-1]["produced"] = produced
+        if produced and key not in self.produced:
+            self.produced.append(key)
+
+    # -- results --------------------------------------------------------------------------
+
+    def _finish(self) -> ExecutionResult:
+        if "output" in self.payload:
+            try:
+                output = render(self.payload["output"], self.templates)
+            except TemplateError as exc:
+                return self._failed(f"pipeline output: {exc}", retryable=False)
+        else:
+            output = {"steps": {key: self.data["steps"][key] for key in self.produced}}
+        output = self._redact(_jsonable(output))
+        return ExecutionResult(status="succeeded", output=output, error=None)
+
+    def _waiting(self) -> ExecutionResult:
+        record = self.records[-1]
+        return ExecutionResult(
+            status="waiting",
+            output={"waiting": {"step": record["id"], "uses": record["uses"], **record["output"]}},
+            error=None,
+            retryable=False,
+        )
+
+    def _result(self, status: str, message: str, *, retryable: bool) -> ExecutionResult:
+        return ExecutionResult(
+            status=status,
+            output=self._redact({"steps": {k: self.data["steps"][k] for k in self.produced}}),
+            error=self._redact(message),
+            retryable=retryable,
+        )
+
+    def _failed(self, message: str, *, retryable: bool) -> ExecutionResult:
+        full = f"{message} (correlation id {self.correlation_id})"
+        logger.warning("run %s: %s", self.run_row.pk, full)
+        return self._result("failed", full, retryable=retryable)
+
+    def _redact(self, value: Any) -> Any:
+        return redact(value, self.templates.revealed)
+
+    def _save(self) -> None:
+        """Store the step records, only while the run is still ours to write."""
+        from tasks.models import Run, RunStatus
+
+        steps = self._redact(self.records)
+        updated = _retrying_database(
+            lambda: Run.objects.filter(pk=self.run_row.pk, status=RunStatus.RUNNING).update(
+                steps=steps
+            ),
+            deadline=self.deadline,
+        )
+        if not updated:
+            raise _LeaseLost
+        self.run_row.steps = steps
+
+
+def _retrying_database(query: Callable[[], Any], *, deadline: float | None) -> Any:
+    """Run `query`, retrying while the database is unreachable (a restart, a failover).
+
+    A finished step's record is worth waiting for: giving up would fail the run and make
+    the next attempt repeat the step. Gives up after DATABASE_RETRY_SECONDS or at the
+    run's deadline, re-raising the last error.
+    """
+    give_up = time.monotonic() + DATABASE_RETRY_SECONDS
+    if deadline is not None:
+        give_up = min(give_up, deadline)
+    delay = 0.2
+    while True:
+        try:
+            return query()
+        except (OperationalError, InterfaceError):
+            if time.monotonic() + delay >= give_up:
+                raise
+            logger.warning("database unavailable; retrying in %.1fs", delay)
+            # The broken connection is dropped; the next query opens a new one.
+            connection.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _retry_policy(step: dict[str, Any]) -> tuple[int, float, bool]:
+    """(attempts, base backoff seconds, exponential?) from `retry` or the original's max_retries."""
+    retry = step.get("retry") if isinstance(step.get("retry"), dict) else {}
+    attempts = retry.get("attempts") or int(step.get("max_retries") or 0) + 1
+    return attempts, float(retry.get("backoff_seconds", 1.0)), retry.get("backoff") != "fixed"
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ValueError, KeyError, OSError):
+        return ZoneInfo("UTC")
+
+
+def _iso(instant: datetime | None, zone: ZoneInfo) -> str | None:
+    return instant.astimezone(zone).isoformat() if instant else None
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` as plain JSON data (what the database stores); odd types become strings."""
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return str(value)
