@@ -65,6 +65,9 @@ class ExecutionResult:
     output: Any  # the run's output (pipeline `output` template, else {"steps": {...}})
     error: str | None  # human message: step id, tool name, reason
     retryable: bool = True  # False for errors a retry cannot fix (schema, unknown tool...)
+    # The step records as they stand at the end. The last step's record is not written by
+    # the executor: the worker stores it with the run's status, in one batched commit.
+    steps: list[dict[str, Any]] | None = None
 
 
 class _LeaseLost(Exception):
@@ -180,7 +183,13 @@ class _Execution:
                         "timed_out", f"run timed out before step {name!r}", retryable=True
                     )
                 outcome = self._run_step(step, name, resumed if index == start else None)
-                self._save()
+                goes_on = outcome in (None, StepStatus.SKIPPED) or (
+                    isinstance(outcome, _StepFailure) and step.get("on_error") == "continue"
+                )
+                if goes_on and index < len(pipeline) - 1:
+                    # Durable progress: a later attempt resumes after this step. A step that
+                    # ends the run is stored by the worker together with the run's result.
+                    self._save()
                 if outcome is None or outcome == StepStatus.SKIPPED:
                     continue
                 if outcome == StepStatus.WAITING:
@@ -410,7 +419,7 @@ class _Execution:
         else:
             output = {"steps": {key: self.data["steps"][key] for key in self.produced}}
         output = self._redact(_jsonable(output))
-        return ExecutionResult(status="succeeded", output=output, error=None)
+        return ExecutionResult(status="succeeded", output=output, error=None, steps=self._steps())
 
     def _waiting(self) -> ExecutionResult:
         record = self.records[-1]
@@ -419,6 +428,7 @@ class _Execution:
             output={"waiting": {"step": record["id"], "uses": record["uses"], **record["output"]}},
             error=None,
             retryable=False,
+            steps=self._steps(),
         )
 
     def _result(self, status: str, message: str, *, retryable: bool) -> ExecutionResult:
@@ -427,7 +437,11 @@ class _Execution:
             output=self._redact({"steps": {k: self.data["steps"][k] for k in self.produced}}),
             error=self._redact(message),
             retryable=retryable,
+            steps=self._steps(),
         )
+
+    def _steps(self) -> list[dict[str, Any]]:
+        return self._redact(self.records)
 
     def _failed(self, message: str, *, retryable: bool) -> ExecutionResult:
         full = f"{message} (correlation id {self.correlation_id})"

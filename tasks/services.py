@@ -90,14 +90,14 @@ def _text(field: str, value: Any, *, max_length: int, required: bool) -> str | N
     return value
 
 
-def validate_payload(payload: Any) -> dict:
-    """The original's minimum: an object with a `pipeline` array (Pipelines deepens it)."""
-    if not isinstance(payload, dict):
-        raise InvalidInput("payload: must be an object", details={"payload": ["must be an object"]})
-    if not isinstance(payload.get("pipeline"), list):
-        reason = "must contain a pipeline array"
-        raise InvalidInput(f"payload: {reason}", details={"payload.pipeline": [reason]})
-    return payload
+def validate_payload(payload: Any, *, scopes: list[str] | None = None) -> dict:
+    """The whole pipeline payload: schema, step ids, tools, templates, the agent's scopes.
+
+    Raises InvalidInput listing every problem with its path (`payload.pipeline[2].with.url`).
+    """
+    from pipelines.validation import validate_payload as validate_pipeline
+
+    return validate_pipeline(payload, scopes=scopes)
 
 
 def _validated_schedule(kind: str, expr: str | None, tz: str, now: datetime) -> str | None:
@@ -217,7 +217,7 @@ def task_create(
         schedule_kind=schedule_kind,
         schedule_expr=_validated_schedule(schedule_kind, schedule_expr, tz, now),
         timezone=tz,
-        payload=validate_payload(payload),
+        payload=validate_payload(payload, scopes=created_by.scopes),
         priority=_int_in("priority", priority, 1, 9),
         dedupe_key=_text("dedupe_key", dedupe_key, max_length=100, required=False),
         dedupe_window_seconds=_int_in("dedupe_window_seconds", dedupe_window_seconds, 0),
@@ -351,7 +351,7 @@ def _revalidate(task: Task, changes: dict[str, Any], now: datetime) -> None:
     if "title" in changes:
         _text("title", task.title, max_length=200, required=True)
     if "payload" in changes:
-        validate_payload(task.payload)
+        validate_payload(task.payload, scopes=task.created_by.scopes)
     if "priority" in changes:
         _int_in("priority", task.priority, 1, 9)
     if "status" in changes:

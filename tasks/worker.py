@@ -174,6 +174,7 @@ class Worker:
             result = execute_pipeline(run, deadline=deadline)
             outcome = self._outcome(claimed, task, result.status, result.output, result.error,
                                     retryable=result.retryable)  # fmt: skip
+            outcome.steps = result.steps
         except Exception as exc:  # the executor promises not to raise; this is the backstop
             error = f"executor crashed: {type(exc).__name__}: {exc}"
             logger.error("%s\n%s", error, traceback.format_exc())

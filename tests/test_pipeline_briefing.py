@@ -13,6 +13,7 @@ from tasks.models import Run, RunStatus
 from tests.factories import make_agent, make_task
 from tests.fake_llm import FakeOpenAI
 from tests.mcp_fixtures import register_stdio_server
+from tests.test_pipeline_executor import finish_run
 
 pytestmark = pytest.mark.django_db
 
@@ -84,6 +85,7 @@ def test_morning_briefing_runs_end_to_end(llm, tmp_path):
     )
 
     result = execute(run)
+    finish_run(run, result)
 
     assert result.status == "succeeded", result.error
     run.refresh_from_db()

@@ -54,9 +54,12 @@ def start_run(task: Task, *, occurrence_id: int | None = None, attempt: int = 1)
 def finish_run(run: Run, result: ExecutionResult) -> None:
     """What the worker does with the result."""
     status = result.status if result.status in RunStatus.values else RunStatus.CANCELED
-    Run.objects.filter(pk=run.pk).update(
-        status=status, finished_at=timezone.now(), output=result.output, error=result.error
-    )
+    fields = {"status": status, "finished_at": timezone.now(), "output": result.output,
+              "error": result.error}  # fmt: skip
+    if result.steps is not None:
+        # The final step's record travels with the result (see ExecutionResult.steps).
+        fields["steps"] = result.steps
+    Run.objects.filter(pk=run.pk).update(**fields)
 
 
 def run_payload(
@@ -65,6 +68,9 @@ def run_payload(
     agent, _ = make_agent(scopes=scopes if scopes is not None else ["tasks:write", "http", "llm"])
     run = start_run(make_task(agent, payload=payload))
     result = execute(run, **kwargs)
+    # The executor never sets the run's status: the worker does, from the result.
+    assert Run.objects.get(pk=run.pk).status == RunStatus.RUNNING
+    finish_run(run, result)
     run.refresh_from_db()
     return run, result
 
@@ -104,8 +110,6 @@ def test_quick_start_pipeline_records_every_step_and_the_default_output():
     assert first["attempts"] == 1
     assert first["duration_ms"] >= 0
     assert first["started_at"] <= first["finished_at"]
-    # The executor leaves the run's own status to the worker.
-    assert run.status == RunStatus.RUNNING
 
 
 def test_output_template_becomes_the_run_output():
@@ -323,14 +327,15 @@ def test_approval_parks_the_run_and_the_decision_resumes_it():
     assert parked.status == "waiting"
     assert parked.error is None
     assert parked.output["waiting"]["step"] == "approval"
+    finish_run(first, parked)
     first.refresh_from_db()
     assert [s["status"] for s in first.steps] == ["succeeded", "waiting"]
-    finish_run(first, parked)
 
     decision = {"status": "approved", "decided_by": "cto@example.com"}
     assert record_decision(run_id=first.pk, step_id="approval", decision=decision)
     second = start_run(task, occurrence_id=occurrence_id, attempt=2)
     result = execute(second)
+    finish_run(second, result)
     second.refresh_from_db()
     assert result.status == "succeeded", result.error
     assert [s["status"] for s in second.steps] == ["reused", "succeeded", "succeeded"]

@@ -302,3 +302,16 @@ def test_dedupe_key_within_window_returns_the_existing_task(agent):
     )  # fmt: skip
     assert (created, created_again, created_later) == (True, False, True)
     assert again.pk == first.pk != later.pk
+
+
+def test_create_refuses_invalid_pipeline_with_every_problem_and_its_path(agent):
+    payload = {"pipeline": [{"id": "a", "uses": "no.such.tool", "with": {}}, {"uses": "x"}]}
+    with pytest.raises(InvalidInput) as info:
+        services.task_create(
+            created_by=agent, actor=ACTOR, title="t", schedule_kind="cron",
+            schedule_expr="* * * * *", payload=payload, now=T0,
+        )  # fmt: skip
+    paths = set(info.value.details)
+    assert any(path.startswith("payload.pipeline[0]") for path in paths), paths
+    assert any(path.startswith("payload.pipeline[1]") for path in paths), paths
+    assert not Task.objects.exists()
