@@ -2,16 +2,27 @@
 
 An agent secret looks like `ord_s_<key_id>_<random>`: the key id (public) finds the row,
 the whole token is checked against the stored hash. Only hashes are stored.
+
+An API key looks like `ord_k_<key_id>_<random>` and is sent as the Bearer token on every
+request, so it is hashed with HMAC-SHA256 under a server-side key (API_KEY_HMAC_SECRET), not
+with the deliberately slow password hasher: 256 random bits need no stretching, and a check
+must cost microseconds. A leaked database alone cannot be used to forge or test keys.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
 
 SECRET_PREFIX = "ord_s_"  # noqa: S105 (a prefix, not a secret)
+API_KEY_PREFIX = "ord_k_"
+# Stored API key hashes carry their scheme so a future change of algorithm can coexist.
+_API_KEY_SCHEME = "hmac_sha256$"
 
 
 @dataclass(frozen=True)
@@ -30,11 +41,11 @@ def issue_secret() -> IssuedSecret:
     return IssuedSecret(key_id=key_id, token=token, hash=make_password(token))
 
 
-def parse_key_id(token: str) -> str | None:
-    """The key id inside a secret token, or None when the token is not one of ours."""
-    if not token.startswith(SECRET_PREFIX):
+def parse_key_id(token: str, prefix: str = SECRET_PREFIX) -> str | None:
+    """The key id inside a secret (or, with API_KEY_PREFIX, an API key), or None."""
+    if not isinstance(token, str) or not token.startswith(prefix):
         return None
-    key_id, _, rest = token[len(SECRET_PREFIX) :].partition("_")
+    key_id, _, rest = token[len(prefix) :].partition("_")
     if len(key_id) != 16 or not rest:
         return None
     return key_id
@@ -43,3 +54,22 @@ def parse_key_id(token: str) -> str | None:
 def verify_secret(token: str, stored_hash: str) -> bool:
     """Constant-time check of a presented secret against its stored hash."""
     return check_password(token, stored_hash)
+
+
+def issue_api_key() -> IssuedSecret:
+    """Generate an API key (256 bits of randomness) and its keyed hash."""
+    key_id = secrets.token_hex(8)
+    token = f"{API_KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    return IssuedSecret(key_id=key_id, token=token, hash=hash_api_key(token))
+
+
+def hash_api_key(token: str) -> str:
+    """The stored form of an API key: HMAC-SHA256 under settings.API_KEY_HMAC_SECRET."""
+    key = settings.API_KEY_HMAC_SECRET.encode()
+    digest = hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
+    return f"{_API_KEY_SCHEME}{digest}"
+
+
+def verify_api_key(token: str, stored_hash: str) -> bool:
+    """Constant-time check of a presented API key against its stored keyed hash."""
+    return hmac.compare_digest(hash_api_key(token), stored_hash)

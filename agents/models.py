@@ -34,6 +34,15 @@ class Agent(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    # The API's request.user is the authenticated Agent; DRF's permission checks read these.
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def is_anonymous(self) -> bool:
+        return False
+
 
 class CredentialKind(models.TextChoices):
     # Exchanged at /agents/auth/token for short-lived JWTs; hashed with Django's hasher.
@@ -75,3 +84,23 @@ class Credential(models.Model):
         """True when neither revoked nor expired (the agent's own state is checked apart)."""
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class RevokedToken(models.Model):
+    """A JWT id refused before its expiry (logout, refresh rotation, explicit revoke).
+
+    Access tokens also carry their refresh token's id, so revoking a refresh token revokes
+    the access tokens minted from it. Rows are useless after `expires_at` and may be pruned.
+    """
+
+    jti = models.CharField(max_length=64, primary_key=True)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="revoked_tokens")
+    token_type = models.CharField(max_length=16)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["expires_at"], name="revoked_token_expiry_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.token_type} {self.jti}"

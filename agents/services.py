@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from agents.credentials import issue_secret
-from agents.models import SCOPE_PATTERN, Agent, Credential, CredentialKind
+from agents import tokens
+from agents.credentials import issue_api_key, issue_secret, parse_key_id, verify_secret
+from agents.models import SCOPE_PATTERN, Agent, Credential, CredentialKind, RevokedToken
 from audit import record
 from audit.services import Actor
-from ordinaut.errors import Conflict, InvalidInput
+from ordinaut.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 
 _SCOPE_RE = re.compile(SCOPE_PATTERN)
 
@@ -101,3 +107,252 @@ def credential_issue_secret(
             details={"credential": credential.key_id, "kind": credential.kind, "label": label},
         )
     return credential, issued.token
+
+
+# Fields agent_update may change; the rest are identity or history.
+AGENT_UPDATABLE_FIELDS = {"name", "description", "scopes", "webhook_url", "is_active"}
+
+
+def _locked_agent(agent_id: Any) -> Agent:
+    """Lock the agent row for the rest of the transaction; raise NotFound."""
+    try:
+        return Agent.objects.select_for_update().get(pk=agent_id)
+    except (Agent.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
+        raise NotFound(f"agent {agent_id} not found") from exc
+
+
+def agent_update(*, agent_id: Any, changes: dict[str, Any], actor: Actor) -> Agent:
+    """Apply a partial update to an agent; the audit event carries the before/after diff.
+
+    Narrowed scopes and deactivation take effect on the next request of every token the
+    agent holds (authentication reads the agent row). Raises NotFound, InvalidInput, Conflict.
+    """
+    unknown = set(changes) - AGENT_UPDATABLE_FIELDS
+    if unknown:
+        raise InvalidInput(
+            f"cannot update: {', '.join(sorted(unknown))}",
+            details={name: ["not updatable"] for name in sorted(unknown)},
+        )
+    if "name" in changes:
+        name = (changes["name"] or "").strip()
+        if not name or len(name) > 100:
+            raise InvalidInput(
+                "name must be 1 to 100 characters",
+                details={"name": ["must be 1 to 100 characters"]},
+            )
+        changes = {**changes, "name": name}
+    if "scopes" in changes:
+        changes = {**changes, "scopes": clean_scopes(changes["scopes"])}
+    try:
+        with transaction.atomic():
+            agent = _locked_agent(agent_id)
+            before = {field: getattr(agent, field) for field in changes}
+            for field, value in changes.items():
+                setattr(agent, field, value)
+            agent.save()
+            diff = {
+                field: {"before": before[field], "after": value}
+                for field, value in changes.items()
+                if before[field] != value
+            }
+            record(actor=actor, action="agent.updated", subject=agent, details={"changes": diff})
+    except IntegrityError as exc:
+        raise Conflict(
+            f"an agent named {changes.get('name')!r} already exists",
+            details={"name": ["already exists"]},
+        ) from exc
+    return agent
+
+
+def agent_deactivate(*, agent_id: Any, actor: Actor, now: datetime | None = None) -> Agent:
+    """Deactivate an agent and revoke all its credentials (its tasks and history stay).
+
+    This is what DELETE /agents/{id} does: tasks reference their creator and runs reference
+    tasks, so history is kept and the agent can no longer authenticate.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        agent = _locked_agent(agent_id)
+        if actor.type == "agent" and actor.id == str(agent.pk):
+            raise Conflict("agents cannot delete themselves", details={"agent_id": str(agent.pk)})
+        revoked = Credential.objects.filter(agent=agent, revoked_at__isnull=True).update(
+            revoked_at=now
+        )
+        was_active = agent.is_active
+        agent.is_active = False
+        agent.save(update_fields=["is_active", "updated_at"])
+        record(
+            actor=actor,
+            action="agent.deactivated",
+            subject=agent,
+            details={
+                "name": agent.name,
+                "credentials_revoked": revoked,
+                "changes": {"is_active": {"before": was_active, "after": False}},
+            },
+        )
+    return agent
+
+
+def credential_issue_api_key(
+    *, agent: Agent, actor: Actor, label: str = "", expires_at: datetime | None = None
+) -> tuple[Credential, str]:
+    """Add an API key to `agent`; return (credential, key shown once)."""
+    issued = issue_api_key()
+    with transaction.atomic():
+        credential = Credential.objects.create(
+            agent=agent,
+            kind=CredentialKind.API_KEY,
+            key_id=issued.key_id,
+            secret_hash=issued.hash,
+            label=label,
+            expires_at=expires_at,
+        )
+        record(
+            actor=actor,
+            action="credential.issued",
+            subject=agent,
+            details={
+                "credential": credential.key_id,
+                "kind": credential.kind,
+                "label": label,
+                "expires_at": expires_at,
+            },
+        )
+    return credential, issued.token
+
+
+def credential_revoke(
+    *, agent: Agent, key_id: str, actor: Actor, now: datetime | None = None
+) -> Credential:
+    """Revoke one of `agent`'s credentials; its API key or JWTs stop working at once.
+
+    Raises NotFound when the agent has no such credential; revoking twice is a no-op.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        credential = (
+            Credential.objects.select_for_update().filter(agent=agent, key_id=key_id).first()
+        )
+        if credential is None:
+            raise NotFound(f"credential {key_id} not found")
+        if credential.revoked_at is None:
+            credential.revoked_at = now
+            credential.save(update_fields=["revoked_at"])
+            record(
+                actor=actor,
+                action="credential.revoked",
+                subject=agent,
+                details={"credential": key_id, "kind": credential.kind},
+            )
+    return credential
+
+
+def token_exchange(*, agent_id: str, agent_secret: str | None) -> tuple[Agent, tokens.TokenPair]:
+    """Exchange an agent secret for a JWT pair. Raises Unauthenticated (one vague reason).
+
+    The reason never says which part was wrong, so the endpoint cannot be used to learn
+    which agent ids exist.
+    """
+    refused = Unauthenticated("Invalid agent credentials")
+    try:
+        agent_uuid = uuid.UUID(str(agent_id))
+    except ValueError:
+        raise refused from None
+    key_id = parse_key_id(agent_secret or "")
+    if key_id is None:
+        raise refused
+    credential = (
+        Credential.objects.select_related("agent")
+        .filter(key_id=key_id, agent_id=agent_uuid, kind=CredentialKind.SECRET)
+        .first()
+    )
+    if (
+        credential is None
+        or not verify_secret(agent_secret, credential.secret_hash)
+        or not credential.is_usable()
+        or not credential.agent.is_active
+    ):
+        raise refused
+    agent = credential.agent
+    pair = tokens.mint_pair(agent, credential)
+    with transaction.atomic():
+        Credential.objects.filter(pk=credential.pk).update(last_used_at=timezone.now())
+        record(
+            actor=Actor.agent(agent),
+            action="agent.authenticated",
+            subject=agent,
+            details={"method": "secret", "credential": credential.key_id},
+        )
+    return agent, pair
+
+
+def token_refresh(*, refresh_token: str) -> tuple[Agent, tokens.TokenPair]:
+    """Rotate a refresh token: the presented one is revoked, a new pair is returned.
+
+    The new tokens carry the agent's current scopes. A refresh token presented twice (a
+    stolen copy racing its owner) is refused the second time. Raises Unauthenticated.
+    """
+    try:
+        claims = tokens.read(refresh_token, tokens.REFRESH)
+    except tokens.InvalidToken as exc:
+        raise Unauthenticated(f"Invalid refresh token: {exc}") from exc
+    with transaction.atomic():
+        credential = (
+            Credential.objects.select_related("agent")
+            .filter(key_id=claims.credential_key_id, agent_id=claims.agent_id)
+            .first()
+        )
+        if credential is None or not credential.is_usable() or not credential.agent.is_active:
+            raise Unauthenticated("Agent not found, inactive, or credential revoked")
+        _, created = RevokedToken.objects.get_or_create(
+            jti=claims.jti,
+            defaults={
+                "agent_id": claims.agent_id,
+                "token_type": claims.token_type,
+                "expires_at": claims.expires_at,
+            },
+        )
+        if not created:
+            raise Unauthenticated("Token has been revoked")
+        agent = credential.agent
+        pair = tokens.mint_pair(agent, credential)
+        record(
+            actor=Actor.agent(agent),
+            action="token.refreshed",
+            subject=agent,
+            details={"revoked_jti": claims.jti, "credential": credential.key_id},
+        )
+    return agent, pair
+
+
+def token_revoke(*, token: str) -> bool:
+    """Revoke an access or refresh token; False when it was already invalid or revoked.
+
+    Holding the token is the proof needed to revoke it. Revoking a refresh token also ends
+    the access tokens minted from it.
+    """
+    try:
+        claims = tokens.read(token, None)
+    except tokens.InvalidToken:
+        return False
+    with transaction.atomic():
+        agent = Agent.objects.filter(pk=claims.agent_id).first()
+        if agent is None:
+            return False
+        _, created = RevokedToken.objects.get_or_create(
+            jti=claims.jti,
+            defaults={
+                "agent": agent,
+                "token_type": claims.token_type,
+                "expires_at": claims.expires_at,
+            },
+        )
+        if created:
+            record(
+                actor=Actor.agent(agent),
+                action="token.revoked",
+                subject=agent,
+                details={"token_type": claims.token_type, "jti": claims.jti},
+            )
+    return created

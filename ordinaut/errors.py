@@ -1,7 +1,8 @@
 """One error hierarchy with stable codes, and the one handler that renders it for the API.
 
-Every API error is `{"error": {"code", "message", "details"}}`: a client can branch on
-`code`, show `message`, and find the offending fields in `details`.
+Every API error is `{"error": {"code", "message", "details", "correlation_id"}}`: a client
+can branch on `code`, show `message`, find the offending fields in `details`, and quote
+`correlation_id` to find the server's log lines for the request.
 """
 
 from __future__ import annotations
@@ -10,11 +11,17 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
+from ordinaut.correlation import get_correlation_id
+
 logger = logging.getLogger(__name__)
+
+# The challenge sent with every 401 (RFC 6750): the API takes Bearer tokens only.
+WWW_AUTHENTICATE = 'Bearer realm="ordinaut"'
 
 
 class OrdinautError(Exception):
@@ -48,14 +55,36 @@ class Conflict(OrdinautError):
     status = 409
 
 
+class Unauthenticated(OrdinautError):
+    """Credentials or a token were not accepted; rendered 401 with WWW-Authenticate."""
+
+    code = "authentication_failed"
+    status = 401
+
+
 class Forbidden(OrdinautError):
     code = "forbidden"
     status = 403
 
 
+class PayloadTooLarge(drf.APIException):
+    """A body over DATA_UPLOAD_MAX_MEMORY_SIZE, refused before it is read."""
+
+    status_code = 413
+    default_detail = "Request body too large."
+    default_code = "payload_too_large"
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    """The JSON error envelope."""
-    return {"error": {"code": code, "message": message, "details": details or {}}}
+    """The JSON error envelope, carrying the current request's correlation id."""
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": details or {},
+            "correlation_id": get_correlation_id(),
+        }
+    }
 
 
 _DRF_CODES = {
@@ -71,11 +100,24 @@ _DRF_CODES = {
 }
 
 
+def _drf_code(exc: drf.APIException) -> str:
+    for exc_type, code in _DRF_CODES.items():
+        if isinstance(exc, exc_type):
+            return code
+    # Our own APIException subclasses (e.g. 413) carry their code.
+    return getattr(exc, "default_code", None) or "error"
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF EXCEPTION_HANDLER: render every known error in the envelope; unknown ones propagate."""
     if isinstance(exc, OrdinautError):
-        return Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
-    if isinstance(exc, Http404):
+        response = Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
+        if exc.status == 401:
+            response["WWW-Authenticate"] = WWW_AUTHENTICATE
+        return response
+    if isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge()
+    elif isinstance(exc, Http404):
         exc = drf.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf.PermissionDenied()
@@ -85,8 +127,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         first = _first_message(detail)
         return Response(error_body("validation_error", first, detail), status=422)
     if isinstance(exc, drf.APIException):
-        code = next((c for t, c in _DRF_CODES.items() if isinstance(exc, t)), "error")
-        response = Response(error_body(code, str(exc.detail)), status=exc.status_code)
+        response = Response(error_body(_drf_code(exc), str(exc.detail)), status=exc.status_code)
         if getattr(exc, "auth_header", None):
             response["WWW-Authenticate"] = exc.auth_header
         if getattr(exc, "wait", None):
@@ -115,8 +156,7 @@ def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonRe
 
 def json_500(request: HttpRequest) -> JsonResponse:
     """handler500: a JSON body with the correlation id so the log line can be found."""
-    correlation_id = getattr(request, "correlation_id", None)
-    return JsonResponse(
-        error_body("internal_error", "Internal error", {"correlation_id": correlation_id}),
-        status=500,
-    )
+    # The middleware has reset the context variable by now; the request keeps the id.
+    body = error_body("internal_error", "Internal error")
+    body["error"]["correlation_id"] = getattr(request, "correlation_id", None)
+    return JsonResponse(body, status=500)

@@ -7,7 +7,9 @@ strong SECRET_KEY and a DATABASE_URL, and otherwise serves plain HTTP behind a p
 
 from __future__ import annotations
 
+import hashlib
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -66,6 +68,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "rest_framework",
+    "drf_spectacular",
     "django_prometheus",
     "ordinaut.apps.OrdinautConfig",
     "agents",
@@ -182,8 +185,63 @@ WHITENOISE_USE_FINDERS = True
 REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "ordinaut.errors.api_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["ordinaut.api.JSONBodyParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["agents.authentication.AgentAuthentication"],
+    # Deny by default: every view names its own permission classes and scope.
+    "DEFAULT_PERMISSION_CLASSES": ["agents.permissions.HasScope"],
+    "DEFAULT_SCHEMA_CLASS": "agents.openapi.ScopedAutoSchema",
     "UNAUTHENTICATED_USER": None,
+    # Per-agent rates in DRF's syntax ("60/min"); read by agents.throttles.
+    "DEFAULT_THROTTLE_RATES": {
+        "tasks": env.str("RATE_LIMIT_TASKS", default="60/min"),
+        "events": env.str("RATE_LIMIT_EVENTS", default="120/min"),
+        "reads": env.str("RATE_LIMIT_READS", default="1200/min"),
+        "auth": env.str("RATE_LIMIT_AUTH", default="30/min"),
+    },
+}
+# Bodies above this are refused with 413 before they are parsed (a task with a large pipeline
+# is a few KiB; 1 MiB leaves room and bounds memory per request).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
+
+# JWTs for agents (names of the original's variables). Access tokens are short-lived; refresh
+# tokens rotate, and revoked ids are kept in agents.RevokedToken.
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(
+        minutes=env.int("JWT_ACCESS_TOKEN_EXPIRE_MINUTES", default=15)
+    ),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("JWT_REFRESH_TOKEN_EXPIRE_DAYS", default=30)),
+    "ALGORITHM": "HS256",
+    "SIGNING_KEY": env.str("JWT_SECRET_KEY", default="") or SECRET_KEY,
+    "USER_ID_CLAIM": "sub",
+    "ISSUER": "ordinaut",
+    "LEEWAY": 5,
+    "UPDATE_LAST_LOGIN": False,
+}
+# Key of the HMAC that stores API keys. Derived from SECRET_KEY unless set, so a deployment
+# needs no extra secret; set it explicitly to rotate SECRET_KEY without invalidating keys.
+API_KEY_HMAC_SECRET = (
+    env.str("API_KEY_HMAC_SECRET", default="")
+    or hashlib.sha256(f"ordinaut-api-key-hmac:{SECRET_KEY}".encode()).hexdigest()
+)
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Ordinaut API",
+    "DESCRIPTION": (
+        "Task orchestrator for AI agents. Authenticate with `Authorization: Bearer <token>`, "
+        "where the token is a JWT from `POST /agents/auth/token` or an API key (`ord_k_...`). "
+        "Each operation lists the scope it requires; `admin` grants all."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "PREPROCESSING_HOOKS": ["agents.openapi.drop_trailing_slash_duplicates"],
+    "ENUM_NAME_OVERRIDES": {
+        # Two enums share the field name "status"; name them (values as in tasks.models).
+        "TaskStatusEnum": ["active", "paused", "canceled"],
+        "RunStatusEnum": ["running", "succeeded", "failed", "timed_out", "lost", "canceled"],
+    },
 }
 
 # -- queue and scheduler (names kept from the original project) ------------------------------
@@ -194,7 +252,7 @@ WORKER_MAX_RETRIES = env.int("WORKER_MAX_RETRIES", default=3)
 WORKER_BACKOFF_MAX_DELAY = env.int("WORKER_BACKOFF_MAX_DELAY", default=60)
 # The scheduler enqueues occurrences up to this many seconds before they are due, so a burst
 # of tasks due at the same instant is already in the queue when that instant comes.
-SCHEDULER_LOOKAHEAD_SECONDS = env.float("SCHEDULER_LOOKAHEAD_SECONDS", default=10.0)
+SCHEDULER_LOOKAHEAD_SECONDS = env.float("SCHEDULER_LOOKAHEAD_SECONDS", default=60.0)
 # Longest sleep between ticks; NOTIFY from task changes wakes it sooner.
 SCHEDULER_POLL_INTERVAL = env.float("SCHEDULER_POLL_INTERVAL", default=1.0)
 SCHEDULER_BATCH_SIZE = env.int("SCHEDULER_BATCH_SIZE", default=1000)

@@ -1,18 +1,69 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import URLPattern, path
+from drf_spectacular.views import (
+    SpectacularJSONAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerView,
+)
 
+from agents import api as agents_api
+from audit import api as audit_api
 from ordinaut import health
+from tasks import api as tasks_api
+
+
+def route(pattern: str, view: object, name: str) -> list[URLPattern]:
+    """`pattern` with and without a trailing slash: POST cannot be redirected to add one."""
+    return [path(pattern, view, name=name), path(f"{pattern}/", view)]
+
 
 urlpatterns = [
     path("", health.index, name="index"),
-    path("health", health.health, name="health"),
-    path("health/", health.health),
-    path("health/ready", health.ready, name="health-ready"),
-    path("health/ready/", health.ready),
-    path("health/live", health.live, name="health-live"),
-    path("health/live/", health.live),
+    *route("health", health.health, "health"),
+    *route("health/ready", health.ready, "health-ready"),
+    *route("health/live", health.live, "health-live"),
     path("metrics", health.metrics, name="metrics"),
     path("admin/", admin.site.urls),
+    # -- API documentation
+    *route("openapi.json", SpectacularJSONAPIView.as_view(), "openapi"),
+    *route("docs", SpectacularSwaggerView.as_view(url_name="openapi"), "docs"),
+    *route("redoc", SpectacularRedocView.as_view(url_name="openapi"), "redoc"),
+    # -- agents and authentication
+    *route("agents", agents_api.AgentListCreateApi.as_view(), "agents"),
+    *route("agents/auth/token", agents_api.TokenApi.as_view(), "auth-token"),
+    *route("agents/auth/refresh", agents_api.TokenRefreshApi.as_view(), "auth-refresh"),
+    *route("agents/auth/revoke", agents_api.TokenRevokeApi.as_view(), "auth-revoke"),
+    *route("agents/<uuid:agent_id>", agents_api.AgentDetailApi.as_view(), "agent"),
+    *route(
+        "agents/<uuid:agent_id>/credentials",
+        agents_api.AgentCredentialsApi.as_view(),
+        "agent-credentials",
+    ),
+    *route(
+        "agents/<uuid:agent_id>/credentials/<str:key_id>",
+        agents_api.AgentCredentialRevokeApi.as_view(),
+        "agent-credential",
+    ),
+    # -- tasks
+    *route("tasks", tasks_api.TaskListCreateApi.as_view(), "tasks"),
+    *route("tasks/<uuid:task_id>", tasks_api.TaskDetailApi.as_view(), "task"),
+    *route("tasks/<uuid:task_id>/run_now", tasks_api.TaskRunNowApi.as_view(), "task-run-now"),
+    *route("tasks/<uuid:task_id>/snooze", tasks_api.TaskSnoozeApi.as_view(), "task-snooze"),
+    *route("tasks/<uuid:task_id>/pause", tasks_api.TaskPauseApi.as_view(), "task-pause"),
+    *route("tasks/<uuid:task_id>/resume", tasks_api.TaskResumeApi.as_view(), "task-resume"),
+    *route("tasks/<uuid:task_id>/cancel", tasks_api.TaskCancelApi.as_view(), "task-cancel"),
+    *route("tasks/<uuid:task_id>/preview", tasks_api.TaskPreviewApi.as_view(), "task-preview"),
+    *route("schedules/preview", tasks_api.SchedulePreviewApi.as_view(), "schedule-preview"),
+    # -- runs
+    *route("runs", tasks_api.RunListApi.as_view(), "runs"),
+    *route("runs/stats/summary", tasks_api.RunStatsSummaryApi.as_view(), "runs-summary"),
+    *route("runs/<uuid:run_id>", tasks_api.RunDetailApi.as_view(), "run"),
+    *route("runs/task/<uuid:task_id>/latest", tasks_api.RunLatestApi.as_view(), "run-latest"),
+    *route("runs/task/<uuid:task_id>/stats", tasks_api.RunTaskStatsApi.as_view(), "run-stats"),
+    # -- tools, schemas, audit
+    *route("tools", tasks_api.ToolListApi.as_view(), "tools"),
+    *route("schemas/pipeline", tasks_api.PipelineSchemaApi.as_view(), "pipeline-schema"),
+    *route("audit", audit_api.AuditListApi.as_view(), "audit"),
 ]
 
 handler404 = "ordinaut.errors.json_404"

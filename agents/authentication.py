@@ -1,0 +1,138 @@
+"""Who is calling: `Authorization: Bearer <JWT or API key>` -> (Agent, Grant).
+
+Both paths cost one indexed query: the credential row joined to its agent (and, for a JWT,
+whether its id or its refresh token's id was revoked). An inactive agent, a revoked or
+expired credential and a revoked token are refused at once, whatever the token says. A bare
+agent id — the original project's `Bearer <agent-id>` — is not a credential and is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db.models import Exists, Q
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from agents import tokens
+from agents.credentials import API_KEY_PREFIX, parse_key_id, verify_api_key
+from agents.models import Agent, Credential, CredentialKind, RevokedToken
+from ordinaut.errors import WWW_AUTHENTICATE
+
+logger = logging.getLogger(__name__)
+
+# last_used_at is a hint for operators, so it is written at most this often per credential.
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the presented credential allows: request.auth for every authenticated call."""
+
+    scopes: frozenset[str]
+    method: str  # "jwt" or "api_key"
+    key_id: str  # the credential's public id
+    jti: str | None = None
+
+
+class AgentAuthentication(authentication.BaseAuthentication):
+    """DRF authentication for agents: JWT access tokens and API keys, as Bearer tokens."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[Agent, Grant] | None:
+        raw = self.bearer_token(request)
+        if raw is None:
+            return None
+        return authenticate_token(raw)
+
+    def authenticate_header(self, request: Request) -> str:
+        # Makes DRF answer 401 (not 403) with WWW-Authenticate when credentials are missing.
+        return WWW_AUTHENTICATE
+
+    def bearer_token(self, request: Request) -> str | None:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            return None
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != self.keyword.lower():
+            return None
+        value = value.strip()
+        if not value or " " in value:
+            raise exceptions.AuthenticationFailed("Malformed Authorization header.")
+        return value
+
+
+def authenticate_token(raw: str) -> tuple[Agent, Grant]:
+    """Resolve a Bearer token to (agent, grant); raise AuthenticationFailed (401) otherwise.
+
+    Shared by the REST API and the MCP server.
+    """
+    if raw.startswith(API_KEY_PREFIX):
+        return _authenticate_api_key(raw)
+    if tokens.looks_like_jwt(raw):
+        return _authenticate_jwt(raw)
+    raise exceptions.AuthenticationFailed("Invalid token.")
+
+
+def _authenticate_api_key(raw: str) -> tuple[Agent, Grant]:
+    key_id = parse_key_id(raw, API_KEY_PREFIX)
+    credential = (
+        Credential.objects.select_related("agent")
+        .filter(key_id=key_id, kind=CredentialKind.API_KEY)
+        .first()
+        if key_id
+        else None
+    )
+    if credential is None or not verify_api_key(raw, credential.secret_hash):
+        raise exceptions.AuthenticationFailed("Invalid token.")
+    agent = _usable_agent(credential)
+    _touch(credential)
+    return agent, Grant(frozenset(agent.scopes), "api_key", credential.key_id)
+
+
+def _authenticate_jwt(raw: str) -> tuple[Agent, Grant]:
+    try:
+        claims = tokens.read(raw, tokens.ACCESS)
+    except tokens.InvalidToken as exc:
+        raise exceptions.AuthenticationFailed(f"Invalid token: {exc}.") from exc
+    revoked_ids = [claims.jti] + ([claims.refresh_jti] if claims.refresh_jti else [])
+    credential = (
+        Credential.objects.select_related("agent")
+        .filter(key_id=claims.credential_key_id, agent_id=claims.agent_id)
+        .annotate(token_revoked=Exists(RevokedToken.objects.filter(jti__in=revoked_ids)))
+        .first()
+    )
+    if credential is None:
+        raise exceptions.AuthenticationFailed("Invalid token.")
+    if credential.token_revoked:
+        raise exceptions.AuthenticationFailed("Token has been revoked.")
+    agent = _usable_agent(credential)
+    # Scopes removed from the agent since the token was issued are gone at once.
+    scopes = frozenset(claims.scopes) & frozenset(agent.scopes)
+    return agent, Grant(scopes, "jwt", credential.key_id, claims.jti)
+
+
+def _usable_agent(credential: Credential) -> Agent:
+    if not credential.is_usable():
+        raise exceptions.AuthenticationFailed("Credential has been revoked or has expired.")
+    if not credential.agent.is_active:
+        raise exceptions.AuthenticationFailed("Agent is inactive.")
+    return credential.agent
+
+
+def _touch(credential: Credential) -> None:
+    now = timezone.now()
+    if credential.last_used_at and now - credential.last_used_at < _LAST_USED_RESOLUTION:
+        return
+    # Conditional, so concurrent requests write once and never move the time backwards.
+    Credential.objects.filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - _LAST_USED_RESOLUTION),
+        pk=credential.pk,
+    ).update(last_used_at=now)
+
+
+__all__ = ["AgentAuthentication", "Grant", "authenticate_token"]

@@ -1,0 +1,534 @@
+"""/tasks, /runs, /schedules/preview, /tools and /schemas/pipeline: the agents' REST API.
+
+Views parse, authorize, call a service or selector, and render — nothing else. Each
+declares the scope it needs and its throttle bucket next to its permission classes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.http.response import HttpResponseBase
+from django.utils import timezone
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents import scopes
+from agents.models import Agent
+from agents.permissions import HasScope, acting_agent, is_admin
+from agents.throttles import AgentRateThrottle
+from audit.services import Actor
+from ordinaut.api import OperationSerializer, iso, operation, page, parse_body, parse_query
+from tasks import selectors, services
+from tasks.models import TaskStatus
+from tasks.serializers import (
+    PreviewQuerySerializer,
+    PreviewSerializer,
+    RunDetailSerializer,
+    RunListQuerySerializer,
+    RunListSerializer,
+    RunSerializer,
+    SchedulePreviewSerializer,
+    SnoozeSerializer,
+    StatsQuerySerializer,
+    StatsSummarySerializer,
+    TaskCreateSerializer,
+    TaskListQuerySerializer,
+    TaskListSerializer,
+    TaskSerializer,
+    TaskStatsSerializer,
+    TaskUpdateSerializer,
+    run_data,
+    task_data,
+)
+
+QUICK_START_TASK = {
+    "title": "My First Automated Task",
+    "description": "A simple task that runs every minute.",
+    "schedule_kind": "cron",
+    "schedule_expr": "* * * * *",
+    "timezone": "Europe/Chisinau",
+    "payload": {
+        "params": {"user_name": "Ordinaut User"},
+        "pipeline": [
+            {
+                "id": "get_data",
+                "uses": "debug.echo",
+                "with": {"message": "Hello, ${params.user_name}!"},
+                "save_as": "greeting",
+            },
+            {
+                "id": "process_data",
+                "uses": "debug.log",
+                "with": {"message": "Step 1 said: '${steps.greeting.message}'"},
+            },
+        ],
+    },
+}
+
+
+def viewer(request: Request) -> selectors.Viewer:
+    return selectors.Viewer(agent=request.user, is_admin=is_admin(request))
+
+
+def check_pipeline_scopes(payload: dict[str, Any], agent: Agent) -> None:
+    """Validate the pipeline against the tool registry and the creator's scopes.
+
+    Uses `pipelines.validation` when it is installed; the task service checks the shape
+    either way. Raises InvalidInput (422) naming the step and field.
+    """
+    try:
+        from pipelines.validation import validate_payload
+    except ImportError:
+        return
+    validate_payload(payload, scopes=agent.scopes)
+
+
+# -- tasks -----------------------------------------------------------------------------------
+
+
+class TaskListCreateApi(APIView):
+    permission_classes = [HasScope]
+    required_scope = {"GET": scopes.TASKS_READ, "POST": scopes.TASKS_WRITE}
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = {"GET": "reads", "POST": "tasks"}
+
+    @extend_schema(
+        operation_id="tasks_list",
+        parameters=[TaskListQuerySerializer],
+        responses=TaskListSerializer,
+        description="Your tasks (all tasks with admin), newest first.",
+    )
+    def get(self, request: Request) -> Response:
+        query = parse_query(TaskListQuerySerializer, request)
+        tasks = selectors.task_list(
+            viewer(request),
+            status=query.get("status"),
+            created_by=query.get("created_by"),
+            schedule_kind=query.get("schedule_kind"),
+        )
+        return Response(page(tasks, limit=query["limit"], offset=query["offset"], render=task_data))
+
+    @extend_schema(
+        operation_id="tasks_create",
+        request=TaskCreateSerializer,
+        responses={
+            201: TaskSerializer,
+            200: OpenApiResponse(TaskSerializer, description="Duplicate within dedupe window"),
+        },
+        examples=[OpenApiExample("quick start", value=QUICK_START_TASK, request_only=True)],
+        description=(
+            "Create a task. With dedupe_key and dedupe_window_seconds, a duplicate within "
+            "the window returns the existing task with 200 instead of creating one."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        data = parse_body(TaskCreateSerializer, request)
+        creator = acting_agent(request, data.pop("created_by", None), field="created_by")
+        check_pipeline_scopes(data["payload"], creator)
+        data["timezone_name"] = data.pop("timezone", None) or settings.TIME_ZONE
+        data.setdefault("dedupe_key", None)
+        task, created = services.task_create_deduplicated(
+            created_by=creator, actor=Actor.agent(request.user), **data
+        )
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(task_data(task), status=code)
+
+
+class TaskDetailApi(APIView):
+    permission_classes = [HasScope]
+    required_scope = {
+        "GET": scopes.TASKS_READ,
+        "PUT": scopes.TASKS_WRITE,
+        "PATCH": scopes.TASKS_WRITE,
+    }
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = {"GET": "reads", "PUT": "tasks", "PATCH": "tasks"}
+
+    @extend_schema(operation_id="tasks_retrieve", responses=TaskSerializer)
+    def get(self, request: Request, task_id: str) -> Response:
+        return Response(task_data(selectors.task_get(viewer(request), task_id=task_id)))
+
+    @extend_schema(
+        operation_id="tasks_update",
+        request=TaskUpdateSerializer,
+        responses=TaskSerializer,
+        description="Partial update (as the original's PUT); schedule and pipeline re-validated.",
+    )
+    def put(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(viewer(request), task_id=task_id)
+        changes = parse_body(TaskUpdateSerializer, request)
+        if "payload" in changes:
+            check_pipeline_scopes(changes["payload"], task.created_by)
+        if changes:
+            task = services.task_update(
+                task_id=task.id, changes=changes, actor=Actor.agent(request.user)
+            )
+        return Response(task_data(task))
+
+    @extend_schema(
+        operation_id="tasks_partial_update", request=TaskUpdateSerializer, responses=TaskSerializer
+    )
+    def patch(self, request: Request, task_id: str) -> Response:
+        return self.put(request, task_id)
+
+
+class _TaskActionApi(APIView):
+    permission_classes = [HasScope]
+    required_scope = scopes.TASKS_WRITE
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = "tasks"
+
+
+class TaskRunNowApi(_TaskActionApi):
+    @extend_schema(operation_id="tasks_run_now", request=None, responses={200: OperationSerializer})
+    def post(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(viewer(request), task_id=task_id)
+        occurrence = services.task_run_now(task_id=task.id, actor=Actor.agent(request.user))
+        return Response(
+            operation(
+                "Task execution triggered successfully",
+                {
+                    "task_id": str(task.id),
+                    "due_work_id": occurrence.id,
+                    "run_at": iso(occurrence.run_at),
+                },
+            )
+        )
+
+
+class TaskSnoozeApi(_TaskActionApi):
+    @extend_schema(
+        operation_id="tasks_snooze",
+        request=SnoozeSerializer,
+        responses={200: OperationSerializer},
+        examples=[
+            OpenApiExample("snooze", value={"delay_seconds": 3600, "reason": "in a meeting"})
+        ],
+    )
+    def post(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(viewer(request), task_id=task_id)
+        data = parse_body(SnoozeSerializer, request)
+        now = timezone.now()
+        services.task_snooze(
+            task_id=task.id,
+            delay_seconds=data["delay_seconds"],
+            reason=data.get("reason"),
+            actor=Actor.agent(request.user),
+            now=now,
+        )
+        until = now + timedelta(seconds=data["delay_seconds"])
+        return Response(
+            operation(
+                f"Task snoozed for {data['delay_seconds']} seconds",
+                {
+                    "task_id": str(task.id),
+                    "delay_seconds": data["delay_seconds"],
+                    "snoozed_until": iso(until),
+                    "affected_work_items": selectors.queued_occurrences_due_at(
+                        task=task, run_at=until
+                    ),
+                },
+            )
+        )
+
+
+class _TaskTransitionApi(_TaskActionApi):
+    """pause/resume/cancel: asking for the status a task already has succeeds, as before."""
+
+    target: str
+    message: str
+
+    def transition(self, task_id: Any, actor: Actor) -> None:
+        raise NotImplementedError
+
+    def post(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(viewer(request), task_id=task_id)
+        if task.status == self.target:
+            return Response(
+                operation(
+                    f"Task already has status '{self.target}'",
+                    {"task_id": str(task.id), "status": self.target},
+                )
+            )
+        details = {"task_id": str(task.id), "old_status": task.status, "new_status": self.target}
+        if self.target == TaskStatus.CANCELED:
+            details["removed_work_items"] = selectors.queued_occurrence_count(task=task)
+        self.transition(task.id, Actor.agent(request.user))
+        return Response(operation(self.message, details))
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="tasks_pause", request=None, responses={200: OperationSerializer}
+    )
+)
+class TaskPauseApi(_TaskTransitionApi):
+    target = TaskStatus.PAUSED
+    message = "Task paused successfully"
+
+    def transition(self, task_id: Any, actor: Actor) -> None:
+        services.task_pause(task_id=task_id, actor=actor)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="tasks_resume", request=None, responses={200: OperationSerializer}
+    )
+)
+class TaskResumeApi(_TaskTransitionApi):
+    target = TaskStatus.ACTIVE
+    message = "Task resumed successfully"
+
+    def transition(self, task_id: Any, actor: Actor) -> None:
+        services.task_resume(task_id=task_id, actor=actor)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="tasks_cancel", request=None, responses={200: OperationSerializer}
+    )
+)
+class TaskCancelApi(_TaskTransitionApi):
+    target = TaskStatus.CANCELED
+    message = "Task canceled successfully"
+
+    def transition(self, task_id: Any, actor: Actor) -> None:
+        services.task_cancel(task_id=task_id, actor=actor)
+
+
+class TaskPreviewApi(APIView):
+    permission_classes = [HasScope]
+    required_scope = scopes.TASKS_READ
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = "reads"
+
+    @extend_schema(
+        operation_id="tasks_preview",
+        parameters=[PreviewQuerySerializer],
+        responses=PreviewSerializer,
+        description="The task's next n fire instants (UTC and local), DST-shifted ones flagged.",
+    )
+    def get(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(viewer(request), task_id=task_id)
+        query = parse_query(PreviewQuerySerializer, request)
+        return Response(
+            {
+                "schedule_kind": task.schedule_kind,
+                "schedule_expr": task.schedule_expr,
+                "timezone": task.timezone,
+                "occurrences": selectors.schedule_preview(
+                    kind=task.schedule_kind,
+                    expr=task.schedule_expr,
+                    timezone_name=task.timezone,
+                    after=timezone.now(),
+                    n=query["n"],
+                ),
+            }
+        )
+
+
+class SchedulePreviewApi(APIView):
+    permission_classes = [HasScope]
+    required_scope = scopes.TASKS_READ
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = "reads"
+
+    @extend_schema(
+        operation_id="schedules_preview",
+        request=SchedulePreviewSerializer,
+        responses={200: PreviewSerializer},
+        examples=[
+            OpenApiExample(
+                "weekday mornings",
+                value={
+                    "schedule_kind": "rrule",
+                    "schedule_expr": "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR;BYHOUR=8;BYMINUTE=30",
+                    "timezone": "Europe/Chisinau",
+                    "n": 5,
+                },
+                request_only=True,
+            )
+        ],
+        description="Next n fire instants of a schedule that is not stored (nothing written).",
+    )
+    def post(self, request: Request) -> Response:
+        data = parse_body(SchedulePreviewSerializer, request)
+        tz = data.get("timezone") or settings.TIME_ZONE
+        return Response(
+            {
+                "schedule_kind": data["schedule_kind"],
+                "schedule_expr": data["schedule_expr"],
+                "timezone": tz,
+                "occurrences": selectors.schedule_preview(
+                    kind=data["schedule_kind"],
+                    expr=data["schedule_expr"],
+                    timezone_name=tz,
+                    after=data.get("after") or timezone.now(),
+                    n=data["n"],
+                ),
+            }
+        )
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+
+class _RunReadApi(APIView):
+    permission_classes = [HasScope]
+    required_scope = scopes.RUNS_READ
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = "reads"
+
+
+class RunListApi(_RunReadApi):
+    @extend_schema(
+        operation_id="runs_list",
+        parameters=[RunListQuerySerializer],
+        responses=RunListSerializer,
+        description="Runs of your tasks (all with admin), most recent first.",
+    )
+    def get(self, request: Request) -> Response:
+        query = parse_query(RunListQuerySerializer, request)
+        runs = selectors.run_list(
+            viewer(request),
+            task_id=query.get("task_id"),
+            success=query.get("success"),
+            start_time=query.get("start_time"),
+            end_time=query.get("end_time"),
+        )
+        include_errors = query["include_errors"]
+        return Response(
+            page(
+                runs,
+                limit=query["limit"],
+                offset=query["offset"],
+                render=lambda run: run_data(run, include_error=include_errors),
+            )
+        )
+
+
+class RunDetailApi(_RunReadApi):
+    @extend_schema(operation_id="runs_retrieve", responses=RunDetailSerializer)
+    def get(self, request: Request, run_id: str) -> Response:
+        run = selectors.run_get(viewer(request), run_id=run_id)
+        return Response(run_data(run, include_steps=True))
+
+
+class RunLatestApi(_RunReadApi):
+    response_nullable = True  # null when the task has not run yet, as in the original
+
+    @extend_schema(
+        operation_id="runs_task_latest",
+        responses=OpenApiResponse(RunSerializer, description="The latest run, or null."),
+    )
+    def get(self, request: Request, task_id: str) -> HttpResponseBase:
+        run = selectors.run_latest(viewer(request), task_id=task_id)
+        if run is None:
+            # DRF renders None as an empty body; the original answered a JSON `null`.
+            return JsonResponse(None, safe=False)
+        return Response(run_data(run))
+
+
+class RunTaskStatsApi(_RunReadApi):
+    @extend_schema(
+        operation_id="runs_task_stats",
+        parameters=[StatsQuerySerializer],
+        responses=TaskStatsSerializer,
+    )
+    def get(self, request: Request, task_id: str) -> Response:
+        days = parse_query(StatsQuerySerializer, request).get("days", 30)
+        stats = selectors.run_stats_for_task(viewer(request), task_id=task_id, days=days)
+        return Response(_isoformat_values(stats))
+
+
+class RunStatsSummaryApi(_RunReadApi):
+    @extend_schema(
+        operation_id="runs_stats_summary",
+        parameters=[StatsQuerySerializer],
+        responses=StatsSummarySerializer,
+    )
+    def get(self, request: Request) -> Response:
+        days = parse_query(StatsQuerySerializer, request).get("days", 7)
+        return Response(selectors.run_stats_summary(viewer(request), days=days))
+
+
+def _isoformat_values(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: iso(v) if isinstance(v, datetime) else v for k, v in data.items()}
+
+
+# -- tools and the pipeline schema (owned by the pipelines app; these only publish them) ----
+
+_MINIMAL_PAYLOAD_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Ordinaut task payload",
+    "type": "object",
+    "required": ["pipeline"],
+    "properties": {
+        "params": {"type": "object"},
+        "pipeline": {"type": "array", "items": {"type": "object", "required": ["id", "uses"]}},
+    },
+}
+
+
+class ToolListApi(APIView):
+    permission_classes = [HasScope]
+    required_scope = scopes.TOOLS_READ
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = "reads"
+
+    @extend_schema(
+        operation_id="tools_list",
+        responses={200: OpenApiResponse(description="Tool name -> description and schemas.")},
+    )
+    def get(self, request: Request) -> Response:
+        try:
+            from pipelines.registry import list_tools
+        except ImportError:
+            return Response({})
+        return Response(dict(_tool_entry(tool) for tool in list_tools()))
+
+
+def _tool_entry(tool: Any) -> tuple[str, dict[str, Any]]:
+    """(name, {description, input_schema, output_schema, scope}) from a registry entry."""
+
+    def field(name: str, default: Any = None) -> Any:
+        if isinstance(tool, dict):
+            return tool.get(name, default)
+        return getattr(tool, name, default)
+
+    return field("name"), {
+        "description": field("description", ""),
+        "input_schema": field("input_schema", {}),
+        "output_schema": field("output_schema", {}),
+        "scope": field("scope"),
+    }
+
+
+class PipelineSchemaApi(APIView):
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="schemas_pipeline",
+        auth=[],
+        responses={200: OpenApiResponse(description="JSON Schema of a task payload.")},
+    )
+    def get(self, request: Request) -> Response:
+        try:
+            from pipelines.schema import PAYLOAD_SCHEMA
+        except ImportError:
+            return Response(_MINIMAL_PAYLOAD_SCHEMA)
+        return Response(PAYLOAD_SCHEMA)

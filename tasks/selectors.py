@@ -1,0 +1,214 @@
+"""Read queries for tasks and runs, scoped to what the caller may see.
+
+An agent sees only its own tasks and their runs unless it holds `admin`. Another agent's
+object is reported as missing (NotFound), never as forbidden, so ids leak nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.core.exceptions import ValidationError
+from django.db.models import Avg, Count, F, Max, Q, QuerySet
+from django.utils import timezone
+
+from agents.models import Agent
+from ordinaut.errors import InvalidInput, NotFound
+from tasks import schedules
+from tasks.models import FINISHED_RUN_STATUSES, Occurrence, OccurrenceState, Run, RunStatus, Task
+
+_FAILED = [status for status in FINISHED_RUN_STATUSES if status != RunStatus.SUCCEEDED]
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is reading: the agent, and whether it may see every agent's objects."""
+
+    agent: Agent
+    is_admin: bool = False
+
+
+def task_queryset(viewer: Viewer) -> QuerySet:
+    """Tasks the viewer may see."""
+    queryset = Task.objects.all()
+    if not viewer.is_admin:
+        queryset = queryset.filter(created_by=viewer.agent)
+    return queryset
+
+
+def task_list(
+    viewer: Viewer,
+    *,
+    status: str | None = None,
+    created_by: Any = None,
+    schedule_kind: str | None = None,
+) -> QuerySet:
+    """Visible tasks, newest first, with the original's filters."""
+    queryset = task_queryset(viewer).order_by("-created_at", "-id")
+    if status:
+        queryset = queryset.filter(status=status)
+    if created_by:
+        queryset = queryset.filter(created_by_id=created_by)
+    if schedule_kind:
+        queryset = queryset.filter(schedule_kind=schedule_kind)
+    return queryset
+
+
+def task_get(viewer: Viewer, *, task_id: Any) -> Task:
+    """A visible task; raise NotFound for a missing or someone else's task."""
+    try:
+        return task_queryset(viewer).get(pk=task_id)
+    except (Task.DoesNotExist, ValidationError, ValueError) as exc:
+        raise NotFound(f"Task {task_id} not found") from exc
+
+
+def queued_occurrence_count(*, task: Task) -> int:
+    """Occurrences of `task` waiting in the queue."""
+    return Occurrence.objects.filter(task=task, state=OccurrenceState.QUEUED).count()
+
+
+def run_queryset(viewer: Viewer) -> QuerySet:
+    """Runs of tasks the viewer may see."""
+    queryset = Run.objects.all()
+    if not viewer.is_admin:
+        queryset = queryset.filter(task__created_by=viewer.agent)
+    return queryset
+
+
+def run_list(
+    viewer: Viewer,
+    *,
+    task_id: Any = None,
+    success: bool | None = None,
+    start_time: datetime | None = None,
+    end_time: datetime | None = None,
+) -> QuerySet:
+    """Visible runs, most recent first; `success` False means finished and not succeeded."""
+    queryset = run_queryset(viewer).order_by("-started_at", "-id")
+    if task_id:
+        queryset = queryset.filter(task_id=task_id)
+    if success is True:
+        queryset = queryset.filter(status=RunStatus.SUCCEEDED)
+    elif success is False:
+        queryset = queryset.filter(status__in=_FAILED)
+    if start_time:
+        queryset = queryset.filter(started_at__gte=start_time)
+    if end_time:
+        queryset = queryset.filter(started_at__lte=end_time)
+    return queryset
+
+
+def run_get(viewer: Viewer, *, run_id: Any) -> Run:
+    """A visible run; raise NotFound otherwise."""
+    try:
+        return run_queryset(viewer).get(pk=run_id)
+    except (Run.DoesNotExist, ValidationError, ValueError) as exc:
+        raise NotFound(f"Task run {run_id} not found") from exc
+
+
+def run_latest(viewer: Viewer, *, task_id: Any) -> Run | None:
+    """The task's most recent run, None if it never ran; NotFound for an invisible task."""
+    task = task_get(viewer, task_id=task_id)
+    return Run.objects.filter(task=task).order_by("-started_at", "-id").first()
+
+
+def _stats(runs: QuerySet) -> dict[str, Any]:
+    """Counts, rates, mean duration and last instants over `runs`, in one query."""
+    finished = Q(finished_at__isnull=False)
+    row = runs.aggregate(
+        total=Count("id"),
+        succeeded=Count("id", filter=Q(status=RunStatus.SUCCEEDED)),
+        failed=Count("id", filter=Q(status__in=_FAILED)),
+        tasks=Count("task_id", distinct=True),
+        avg_duration=Avg(F("finished_at") - F("started_at"), filter=finished),
+        last_run=Max("started_at"),
+        last_success=Max("started_at", filter=Q(status=RunStatus.SUCCEEDED)),
+        last_failure=Max("started_at", filter=Q(status__in=_FAILED)),
+    )
+    total = row["total"]
+    avg: timedelta | None = row["avg_duration"]
+    return {
+        "total_runs": total,
+        "successful_runs": row["succeeded"],
+        "failed_runs": row["failed"],
+        "success_rate": round(row["succeeded"] / total, 3) if total else 0.0,
+        "failure_rate": round(row["failed"] / total, 3) if total else 0.0,
+        "avg_execution_time_seconds": round(avg.total_seconds(), 2) if avg else 0.0,
+        "total_tasks_executed": row["tasks"],
+        "last_run": row["last_run"],
+        "last_success": row["last_success"],
+        "last_failure": row["last_failure"],
+    }
+
+
+def run_stats_for_task(viewer: Viewer, *, task_id: Any, days: int) -> dict[str, Any]:
+    """The original's per-task statistics over the last `days` days."""
+    task = task_get(viewer, task_id=task_id)
+    since = timezone.now() - timedelta(days=days)
+    stats = _stats(Run.objects.filter(task=task, started_at__gte=since))
+    del stats["total_tasks_executed"]
+    return {"task_id": str(task.id), "period_days": days, **stats}
+
+
+def run_stats_summary(viewer: Viewer, *, days: int) -> dict[str, Any]:
+    """The original's system-wide statistics (the caller's own tasks unless admin)."""
+    since = timezone.now() - timedelta(days=days)
+    stats = _stats(run_queryset(viewer).filter(started_at__gte=since))
+    for key in ("last_run", "last_success", "last_failure"):
+        del stats[key]
+    return {
+        "period_days": days,
+        **stats,
+        "runs_per_day": round(stats["total_runs"] / days, 1),
+    }
+
+
+def queued_occurrences_due_at(*, task: Task, run_at: datetime) -> int:
+    """Queued occurrences of `task` due exactly at `run_at` (what a snooze moved)."""
+    return Occurrence.objects.filter(task=task, state=OccurrenceState.QUEUED, run_at=run_at).count()
+
+
+def schedule_preview(
+    *, kind: str, expr: str | None, timezone_name: str, after: datetime, n: int
+) -> list[dict[str, Any]]:
+    """The next `n` fire instants after `after`, in UTC and local time, DST cases flagged.
+
+    `dst_shifted`: fired at the end of a spring-forward gap (its wall time did not exist; a
+    schedule asking for exactly that first wall time after the gap is flagged too).
+    `dst_ambiguous`: its wall time occurs twice (fall-back); it fires once, the first time.
+    Raises InvalidInput naming the field for an invalid schedule.
+    """
+    try:
+        instants = schedules.next_occurrences(kind, expr, timezone_name, after, n)
+    except schedules.ScheduleError as exc:
+        field = "timezone" if str(exc).startswith("unknown timezone") else "schedule_expr"
+        raise InvalidInput(f"{field}: {exc}", details={field: [str(exc)]}) from exc
+    zone = ZoneInfo(timezone_name)
+    result = []
+    for instant in instants:
+        local = instant.astimezone(zone)
+        offset = local.utcoffset()
+        before = (instant - timedelta(seconds=1)).astimezone(zone).utcoffset()
+        wall = local.replace(tzinfo=None)
+        folds = {wall.replace(tzinfo=zone, fold=f).utcoffset() for f in (0, 1)}
+        shifted = before is not None and offset is not None and offset > before
+        result.append(
+            {
+                "utc": instant.astimezone(UTC).isoformat(),
+                "local": local.isoformat(),
+                "utc_offset": _format_offset(offset),
+                "dst_shifted": shifted,
+                "dst_ambiguous": not shifted and len(folds) > 1,
+            }
+        )
+    return result
+
+
+def _format_offset(offset: timedelta | None) -> str:
+    seconds = int((offset or timedelta()).total_seconds())
+    sign = "+" if seconds >= 0 else "-"
+    hours, minutes = divmod(abs(seconds) // 60, 60)
+    return f"{sign}{hours:02d}:{minutes:02d}"

@@ -1,0 +1,301 @@
+"""Request and response shapes of /tasks, /runs and /schedules (the original's field names)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from ordinaut.api import PageQuerySerializer, StrictSerializer, iso, reject_nul
+from tasks.models import (
+    BackoffStrategy,
+    MisfirePolicy,
+    Run,
+    RunStatus,
+    ScheduleKind,
+    Task,
+    TaskStatus,
+    Trigger,
+)
+
+# PostgreSQL `integer` columns: larger values must be a 422, not a database error.
+INT32_MAX = 2**31 - 1
+MAX_SNOOZE_SECONDS = 7 * 24 * 3600
+HIDDEN_ERROR = "[Error details hidden - use include_errors=true]"
+
+
+class PayloadField(serializers.JSONField):
+    """A JSON object (the pipeline definition); its contents are checked by the service."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("must be an object")
+        reject_nul(value, self.field_name)
+        return value
+
+
+def _schedule_expr_field(**kwargs: Any) -> serializers.CharField:
+    return serializers.CharField(
+        max_length=4096,
+        allow_null=True,
+        allow_blank=True,
+        help_text="Cron string, RRULE, ISO 8601 instant, or event topic (per schedule_kind).",
+        **kwargs,
+    )
+
+
+class TaskCreateSerializer(StrictSerializer):
+    title = serializers.CharField(min_length=1, max_length=200)
+    description = serializers.CharField(
+        max_length=2000, required=False, allow_blank=True, default=""
+    )
+    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.values)
+    schedule_expr = _schedule_expr_field(required=False, default=None)
+    timezone = serializers.CharField(
+        max_length=64, required=False, help_text="IANA zone; defaults to the server's TZ."
+    )
+    payload = PayloadField(help_text="{params?, pipeline: [steps]}; see GET /schemas/pipeline.")
+    priority = serializers.IntegerField(
+        min_value=1, max_value=9, default=5, help_text="1..9; 9 is the most urgent."
+    )
+    dedupe_key = serializers.CharField(max_length=100, required=False, allow_null=True)
+    dedupe_window_seconds = serializers.IntegerField(min_value=0, max_value=INT32_MAX, default=0)
+    max_retries = serializers.IntegerField(min_value=0, max_value=100, required=False)
+    backoff_strategy = serializers.ChoiceField(
+        choices=BackoffStrategy.values, default=BackoffStrategy.EXPONENTIAL_JITTER
+    )
+    concurrency_key = serializers.CharField(max_length=100, required=False, allow_null=True)
+    misfire_policy = serializers.ChoiceField(
+        choices=MisfirePolicy.values, default=MisfirePolicy.COALESCE
+    )
+    timeout_seconds = serializers.IntegerField(
+        min_value=1, max_value=INT32_MAX, required=False, allow_null=True
+    )
+    created_by = serializers.UUIDField(
+        required=False,
+        allow_null=True,
+        help_text="Optional: taken from the token. If sent, must be the caller (or caller admin).",
+    )
+
+
+class TaskUpdateSerializer(StrictSerializer):
+    """Every field optional: PUT and PATCH are both partial, as the original's PUT was."""
+
+    title = serializers.CharField(min_length=1, max_length=200, required=False)
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.values, required=False)
+    schedule_expr = _schedule_expr_field(required=False)
+    timezone = serializers.CharField(max_length=64, required=False)
+    payload = PayloadField(required=False)
+    priority = serializers.IntegerField(min_value=1, max_value=9, required=False)
+    status = serializers.ChoiceField(choices=TaskStatus.values, required=False)
+    dedupe_key = serializers.CharField(max_length=100, required=False, allow_null=True)
+    dedupe_window_seconds = serializers.IntegerField(
+        min_value=0, max_value=INT32_MAX, required=False
+    )
+    max_retries = serializers.IntegerField(min_value=0, max_value=100, required=False)
+    backoff_strategy = serializers.ChoiceField(choices=BackoffStrategy.values, required=False)
+    concurrency_key = serializers.CharField(max_length=100, required=False, allow_null=True)
+    misfire_policy = serializers.ChoiceField(choices=MisfirePolicy.values, required=False)
+    timeout_seconds = serializers.IntegerField(
+        min_value=1, max_value=INT32_MAX, required=False, allow_null=True
+    )
+
+
+class TaskSerializer(serializers.Serializer):
+    """The original's TaskResponse, plus misfire_policy, timeout_seconds and next_run_at."""
+
+    id = serializers.UUIDField()
+    title = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    created_by = serializers.UUIDField()
+    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.values)
+    schedule_expr = serializers.CharField(allow_null=True)
+    timezone = serializers.CharField()
+    payload = serializers.DictField()
+    status = serializers.ChoiceField(choices=TaskStatus.values)
+    priority = serializers.IntegerField()
+    dedupe_key = serializers.CharField(allow_null=True)
+    dedupe_window_seconds = serializers.IntegerField()
+    max_retries = serializers.IntegerField()
+    backoff_strategy = serializers.ChoiceField(choices=BackoffStrategy.values)
+    concurrency_key = serializers.CharField(allow_null=True)
+    misfire_policy = serializers.ChoiceField(choices=MisfirePolicy.values)
+    timeout_seconds = serializers.IntegerField(allow_null=True)
+    next_run_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+def task_data(task: Task) -> dict[str, Any]:
+    """A task as TaskSerializer describes it (a plain function: lists render fast)."""
+    return {
+        "id": str(task.id),
+        "title": task.title,
+        "description": task.description,
+        "created_by": str(task.created_by_id),
+        "schedule_kind": task.schedule_kind,
+        "schedule_expr": task.schedule_expr,
+        "timezone": task.timezone,
+        "payload": task.payload,
+        "status": task.status,
+        "priority": task.priority,
+        "dedupe_key": task.dedupe_key,
+        "dedupe_window_seconds": task.dedupe_window_seconds,
+        "max_retries": task.max_retries,
+        "backoff_strategy": task.backoff_strategy,
+        "concurrency_key": task.concurrency_key,
+        "misfire_policy": task.misfire_policy,
+        "timeout_seconds": task.timeout_seconds,
+        "next_run_at": iso(task.next_run_at),
+        "created_at": iso(task.created_at),
+        "updated_at": iso(task.updated_at),
+    }
+
+
+class TaskListSerializer(serializers.Serializer):
+    items = TaskSerializer(many=True)
+    total = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    has_more = serializers.BooleanField()
+
+
+class TaskListQuerySerializer(PageQuerySerializer):
+    status = serializers.ChoiceField(choices=TaskStatus.values, required=False)
+    created_by = serializers.UUIDField(required=False)
+    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.values, required=False)
+
+
+class SnoozeSerializer(StrictSerializer):
+    delay_seconds = serializers.IntegerField(min_value=1, max_value=MAX_SNOOZE_SECONDS)
+    reason = serializers.CharField(max_length=200, required=False, allow_null=True)
+
+
+class RunSerializer(serializers.Serializer):
+    """The original's TaskRunResponse, plus status, scheduled_for, trigger, correlation_id."""
+
+    id = serializers.UUIDField()
+    task_id = serializers.UUIDField()
+    lease_owner = serializers.CharField(allow_null=True)
+    leased_until = serializers.DateTimeField(allow_null=True)
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    success = serializers.BooleanField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    attempt = serializers.IntegerField()
+    output = serializers.JSONField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    status = serializers.ChoiceField(choices=RunStatus.values)
+    scheduled_for = serializers.DateTimeField()
+    trigger = serializers.ChoiceField(choices=Trigger.values)
+    correlation_id = serializers.CharField(allow_blank=True)
+
+
+class RunDetailSerializer(RunSerializer):
+    steps = serializers.ListField(child=serializers.DictField(), help_text="Per-step results.")
+
+
+def run_data(run: Run, *, include_error: bool = True, include_steps: bool = False) -> dict:
+    """A run as RunSerializer (or, with steps, RunDetailSerializer) describes it."""
+    error = run.error
+    if error and not include_error:
+        error = HIDDEN_ERROR
+    data = {
+        "id": str(run.id),
+        "task_id": str(run.task_id),
+        "lease_owner": run.lease_owner or None,
+        "leased_until": iso(run.leased_until),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "success": run.success,
+        "error": error,
+        "attempt": run.attempt,
+        "output": run.output,
+        "created_at": iso(run.created_at),
+        "status": run.status,
+        "scheduled_for": iso(run.scheduled_for),
+        "trigger": run.trigger,
+        "correlation_id": run.correlation_id,
+    }
+    if include_steps:
+        data["steps"] = run.steps
+    return data
+
+
+class RunListSerializer(serializers.Serializer):
+    items = RunSerializer(many=True)
+    total = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    has_more = serializers.BooleanField()
+
+
+class RunListQuerySerializer(PageQuerySerializer):
+    task_id = serializers.UUIDField(required=False)
+    success = serializers.BooleanField(required=False, allow_null=True)
+    include_errors = serializers.BooleanField(required=False, default=False)
+    start_time = serializers.DateTimeField(required=False, help_text="Runs started at or after.")
+    end_time = serializers.DateTimeField(required=False, help_text="Runs started at or before.")
+
+
+class StatsQuerySerializer(serializers.Serializer):
+    days = serializers.IntegerField(min_value=1, max_value=365, required=False)
+
+
+class TaskStatsSerializer(serializers.Serializer):
+    task_id = serializers.UUIDField()
+    period_days = serializers.IntegerField()
+    total_runs = serializers.IntegerField()
+    successful_runs = serializers.IntegerField()
+    failed_runs = serializers.IntegerField()
+    success_rate = serializers.FloatField()
+    failure_rate = serializers.FloatField()
+    avg_execution_time_seconds = serializers.FloatField()
+    last_run = serializers.DateTimeField(allow_null=True)
+    last_success = serializers.DateTimeField(allow_null=True)
+    last_failure = serializers.DateTimeField(allow_null=True)
+
+
+class StatsSummarySerializer(serializers.Serializer):
+    period_days = serializers.IntegerField()
+    total_runs = serializers.IntegerField()
+    total_tasks_executed = serializers.IntegerField()
+    successful_runs = serializers.IntegerField()
+    failed_runs = serializers.IntegerField()
+    success_rate = serializers.FloatField()
+    failure_rate = serializers.FloatField()
+    avg_execution_time_seconds = serializers.FloatField()
+    runs_per_day = serializers.FloatField()
+
+
+class PreviewQuerySerializer(serializers.Serializer):
+    n = serializers.IntegerField(min_value=1, max_value=100, default=10)
+
+
+class SchedulePreviewSerializer(StrictSerializer):
+    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.values)
+    schedule_expr = serializers.CharField(max_length=4096)
+    timezone = serializers.CharField(max_length=64, required=False)
+    n = serializers.IntegerField(min_value=1, max_value=100, default=10)
+    after = serializers.DateTimeField(required=False, help_text="Default: now.")
+
+
+class OccurrencePreviewSerializer(serializers.Serializer):
+    utc = serializers.DateTimeField()
+    local = serializers.DateTimeField()
+    utc_offset = serializers.CharField()
+    dst_shifted = serializers.BooleanField(
+        help_text="The wall time did not exist (spring-forward gap); fires at the gap's end."
+    )
+    dst_ambiguous = serializers.BooleanField(
+        help_text="The wall time occurs twice (fall-back); fires once, at its first instant."
+    )
+
+
+class PreviewSerializer(serializers.Serializer):
+    schedule_kind = serializers.CharField()
+    schedule_expr = serializers.CharField(allow_null=True)
+    timezone = serializers.CharField()
+    occurrences = OccurrencePreviewSerializer(many=True)
