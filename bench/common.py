@@ -8,7 +8,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+_BENCH = str(ROOT / "bench")
+# bench/queue.py shares its name with the standard library's `queue` (psycopg and
+# concurrent.futures import it): put this directory behind the standard library, and the
+# project first. Every bench script imports this module before anything else.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if p not in (_BENCH, "")] + [_BENCH]
 
 from ordinaut.embedded import EmbeddedPostgres, free_port  # noqa: E402
 

@@ -13,18 +13,12 @@ fresh database on the same server, with the same job counts.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This file shares its name with the standard library's `queue`, which psycopg imports:
-# keep our directory behind the standard library on the import path.
-_HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if p not in (_HERE, "")] + [_HERE]
-
 import argparse
 import json
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 from common import ROOT, percentile, setup_django, start_database
 

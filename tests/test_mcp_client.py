@@ -20,6 +20,7 @@ from pipelines.validation import validate_payload
 from tasks.models import Run, RunStatus
 from tests.factories import make_agent, make_task
 from tests.mcp_fixtures import HttpMcpServer, register_stdio_server
+from tests.test_pipeline_executor import finish_run
 
 pytestmark = pytest.mark.django_db
 
@@ -44,6 +45,7 @@ def run_step(step: dict, *, server: str = "brief"):
         task=task, scheduled_for=timezone.now(), status=RunStatus.RUNNING, correlation_id="c-mcp"
     )
     result = execute(run)
+    finish_run(run, result)
     run.refresh_from_db()
     return run, result
 
