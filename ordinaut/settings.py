@@ -261,6 +261,17 @@ SCHEDULER_CATCHUP_MAX = env.int("SCHEDULER_CATCHUP_MAX", default=100)
 # A scheduler heartbeat older than this makes /health report the scheduler as stale.
 SCHEDULER_HEARTBEAT_STALE_SECONDS = env.int("SCHEDULER_HEARTBEAT_STALE_SECONDS", default=60)
 
+# -- pipelines and tools ----------------------------------------------------------------------
+# http.request refuses loopback, private and link-local targets (SSRF) except these hosts.
+HTTP_TOOL_ALLOWED_HOSTS = env.list("HTTP_TOOL_ALLOWED_HOSTS", default=[])
+# llm.chat / llm.plan: any OpenAI-compatible endpoint; the base URL includes /v1.
+LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
+LLM_API_KEY = env.str("LLM_API_KEY", default="")
+LLM_MODEL = env.str("LLM_MODEL", default="gpt-4o-mini")
+# ${secrets.NAME} resolves from here, else from the variable ORDINAUT_SECRET_<NAME>; values
+# are never stored in runs and are redacted from logs and outputs.
+PIPELINE_SECRETS: dict[str, str] = {}
+
 # -- logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOGGING = {
