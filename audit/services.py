@@ -9,7 +9,7 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 
 from audit.models import ActorType, AuditEvent
-from ordinaut.correlation import get_correlation_id
+from ordinaut.correlation import get_client_ip, get_correlation_id
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ def record_audit(
         subject_type = subject_type or subject._meta.model_name
         subject_id = subject_id or str(subject.pk)
     clean_details = json.loads(json.dumps(details or {}, cls=DjangoJSONEncoder))
+    ip = get_client_ip()
+    if ip and "ip" not in clean_details:
+        # Who did it includes from where, for changes made over the API or the admin.
+        clean_details["ip"] = ip
     return AuditEvent.objects.create(
         actor_type=actor.type,
         actor_id=actor.id,

@@ -1,4 +1,4 @@
-"""The correlation id of the current request, run or command, carried in a context variable."""
+"""Request context carried in context variables: the correlation id and the client address."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import uuid
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "correlation_id", default=None
 )
+# The address of the client behind the current request (None outside requests).
+_client_ip: contextvars.ContextVar[str | None] = contextvars.ContextVar("client_ip", default=None)
 # Accept callers' ids only when they are short and printable, so logs cannot be forged.
 _VALID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 
@@ -38,3 +40,18 @@ def set_correlation_id(value: str | None) -> contextvars.Token:
 def reset_correlation_id(token: contextvars.Token) -> None:
     """Restore the id that was bound before `set_correlation_id`."""
     _current.reset(token)
+
+
+def get_client_ip() -> str | None:
+    """The current request's client address, or None outside a request."""
+    return _client_ip.get()
+
+
+def set_client_ip(value: str | None) -> contextvars.Token:
+    """Bind the client address; reset with the returned token."""
+    return _client_ip.set(value)
+
+
+def reset_client_ip(token: contextvars.Token) -> None:
+    """Restore the address bound before `set_client_ip`."""
+    _client_ip.reset(token)

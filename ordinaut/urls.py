@@ -60,6 +60,8 @@ urlpatterns = [
     *route("runs/<uuid:run_id>", tasks_api.RunDetailApi.as_view(), "run"),
     *route("runs/task/<uuid:task_id>/latest", tasks_api.RunLatestApi.as_view(), "run-latest"),
     *route("runs/task/<uuid:task_id>/stats", tasks_api.RunTaskStatsApi.as_view(), "run-stats"),
+    # -- events and approvals
+    *route("events", tasks_api.EventPublishApi.as_view(), "events"),
     # -- tools, schemas, audit
     *route("tools", tasks_api.ToolListApi.as_view(), "tools"),
     *route("schemas/pipeline", tasks_api.PipelineSchemaApi.as_view(), "pipeline-schema"),

@@ -2,11 +2,14 @@
 
 import pytest
 from django.db import DatabaseError, connection, transaction
+from django.http import HttpResponse
+from django.test import RequestFactory
 
 import audit
 from audit.models import AuditEvent, AuditLogIsAppendOnly
 from audit.services import Actor
 from ordinaut.correlation import reset_correlation_id, set_correlation_id
+from ordinaut.middleware import CorrelationIdMiddleware
 from tests.factories import make_agent
 
 pytestmark = pytest.mark.django_db
@@ -93,3 +96,17 @@ def test_truncate_is_refused_outside_the_test_flush(event):
         cursor.execute("SET LOCAL ordinaut.audit_truncate = 'off'")
         cursor.execute("TRUNCATE audit_auditevent")
     assert_unchanged(event)
+
+
+def test_changes_over_http_record_the_client_address():
+    seen = {}
+
+    def view(request):
+        seen["event"] = audit.record(actor=Actor.system("tests"), action="thing.viaweb")
+        return HttpResponse("ok")
+
+    request = RequestFactory().get("/", REMOTE_ADDR="203.0.113.7")
+    CorrelationIdMiddleware(view)(request)
+    assert AuditEvent.objects.get(pk=seen["event"].pk).details["ip"] == "203.0.113.7"
+    outside = audit.record(actor=Actor.system("tests"), action="thing.offline")
+    assert "ip" not in AuditEvent.objects.get(pk=outside.pk).details
