@@ -33,11 +33,14 @@ from tasks import selectors, services
 from tasks.api import check_pipeline_scopes
 from tasks.models import TaskStatus
 from tasks.serializers import (
+    ApprovalListQuerySerializer,
     RunListQuerySerializer,
     SchedulePreviewSerializer,
     TaskCreateSerializer,
     TaskListQuerySerializer,
     TaskUpdateSerializer,
+    approval_data,
+    event_published_data,
     run_data,
     task_data,
 )
@@ -335,18 +338,28 @@ def build_server(*, stdio_token: str | None = None) -> MCPServer:
         return await run(ctx, scopes.TOOLS_READ, work)
 
     @server.tool()
-    async def publish_event(topic: str, payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        """Publish an event; tasks with a matching event schedule run. Needs events:publish."""
+    async def publish_event(
+        topic: str,
+        ctx: Context,
+        payload: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish an event; matching event and condition tasks are queued at once.
+
+        Returns {created, event_id, topic, triggered_tasks, published_at}; the same
+        idempotency_key again returns the first event with created=false. Needs
+        events:publish.
+        """
 
         def work(caller: Caller) -> dict[str, Any]:
-            try:
-                from tasks.services import event_publish
-            except ImportError:
-                raise ToolError("501 not_implemented: events are not available yet") from None
-            event = event_publish(
-                source=caller.agent, topic=topic, payload=payload, actor=caller.actor
+            event, created = services.event_publish(
+                topic=topic,
+                payload={} if payload is None else payload,
+                idempotency_key=idempotency_key,
+                source=caller.agent,
+                actor=caller.actor,
             )
-            return {"event_id": str(event.id), "topic": topic}
+            return {"created": created, **event_published_data(event)}
 
         return await run(ctx, scopes.EVENTS_PUBLISH, work)
 
@@ -354,17 +367,42 @@ def build_server(*, stdio_token: str | None = None) -> MCPServer:
     async def decide_approval(
         approval_id: str, decision: str, ctx: Context, comment: str = ""
     ) -> dict[str, Any]:
-        """Approve or reject a parked pipeline step (decision: approve|reject)."""
+        """Approve or reject a parked pipeline step (decision: approve|reject).
+
+        The run resumes at once; 409 when already decided or expired. Needs approvals:decide.
+        """
 
         def work(caller: Caller) -> dict[str, Any]:
-            try:
-                from tasks.services import approval_decide
-            except ImportError:
-                raise ToolError("501 not_implemented: approvals are not available yet") from None
-            approval = approval_decide(
-                approval_id=approval_id, decision=decision, comment=comment, actor=caller.actor
+            approval = services.approval_decide(
+                approval_id=approval_id,
+                decision=decision,
+                comment=comment,
+                actor=caller.actor,
+                agent=caller.agent,
+                is_admin=caller.viewer.is_admin,
             )
-            return {"approval_id": str(approval.id), "decision": decision}
+            return approval_data(approval)
+
+        return await run(ctx, scopes.APPROVALS_DECIDE, work)
+
+    @server.tool()
+    async def list_approvals(
+        ctx: Context, status: str | None = "pending", limit: int = 50, offset: int = 0
+    ) -> dict[str, Any]:
+        """Approvals you may decide, newest first (status: pending|approved|rejected|expired).
+
+        Returns {items, total, limit, offset, has_more}. Needs approvals:decide.
+        """
+
+        def work(caller: Caller) -> dict[str, Any]:
+            query: dict[str, Any] = {"limit": limit, "offset": offset}
+            if status:
+                query["status"] = status
+            params = _validated(ApprovalListQuerySerializer, query)
+            approvals = selectors.approval_list(caller.viewer, status=params.get("status"))
+            return page(
+                approvals, limit=params["limit"], offset=params["offset"], render=approval_data
+            )
 
         return await run(ctx, scopes.APPROVALS_DECIDE, work)
 

@@ -62,6 +62,17 @@ urlpatterns = [
     *route("runs/task/<uuid:task_id>/stats", tasks_api.RunTaskStatsApi.as_view(), "run-stats"),
     # -- events and approvals
     *route("events", tasks_api.EventPublishApi.as_view(), "events"),
+    *route("approvals", tasks_api.ApprovalListApi.as_view(), "approvals"),
+    *route(
+        "approvals/<uuid:approval_id>/approve",
+        tasks_api.ApprovalApproveApi.as_view(),
+        "approval-approve",
+    ),
+    *route(
+        "approvals/<uuid:approval_id>/reject",
+        tasks_api.ApprovalRejectApi.as_view(),
+        "approval-reject",
+    ),
     # -- tools, schemas, audit
     *route("tools", tasks_api.ToolListApi.as_view(), "tools"),
     *route("schemas/pipeline", tasks_api.PipelineSchemaApi.as_view(), "pipeline-schema"),

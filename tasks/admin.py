@@ -7,7 +7,11 @@ from ordinaut.errors import OrdinautError
 from tasks import schedules, services
 from tasks.models import (
     TIME_KINDS,
+    Approval,
+    ApprovalStatus,
+    Event,
     Occurrence,
+    OutboxMessage,
     Run,
     SchedulerHeartbeat,
     SkippedOccurrence,
@@ -160,3 +164,61 @@ class RunAdmin(ReadOnlyAdmin):
     date_hierarchy = "started_at"
     list_select_related = ["task"]
     readonly_fields = [f.name for f in Run._meta.fields]
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ["topic", "published_at", "source_agent", "triggered_tasks", "idempotency_key"]
+    list_filter = ["topic"]
+    search_fields = ["topic", "id", "idempotency_key"]
+    date_hierarchy = "published_at"
+    list_select_related = ["source_agent"]
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(ReadOnlyAdmin):
+    list_display = ["id", "type", "task_id", "run_id", "created_at", "sent_at"]
+    list_filter = ["type", ("sent_at", admin.EmptyFieldListFilter)]
+    search_fields = ["type", "task_id", "run_id"]
+
+
+def _decide(modeladmin, request, queryset, decision: str) -> None:  # noqa: ANN001
+    """Decide each pending approval as the operator; report counts and refusals."""
+    actor = Actor.user(request.user)
+    done, failed = 0, []
+    for approval in queryset.filter(status=ApprovalStatus.PENDING):
+        try:
+            services.approval_decide(
+                approval_id=approval.pk, decision=decision, actor=actor,
+                comment=f"{decision}d in the admin",
+            )  # fmt: skip
+            done += 1
+        except OrdinautError as exc:
+            failed.append(f"{approval}: {exc.message}")
+    modeladmin.message_user(request, f"{decision.capitalize()}d {done} approval(s).")
+    skipped = queryset.exclude(status=ApprovalStatus.PENDING).count()
+    if skipped:
+        modeladmin.message_user(request, f"{skipped} already decided; left alone.", messages.INFO)
+    for failure in failed:
+        modeladmin.message_user(request, failure, messages.ERROR)
+
+
+@admin.register(Approval)
+class ApprovalAdmin(ReadOnlyAdmin):
+    list_display = ["prompt", "status", "task", "step_id", "expires_at", "decided_by", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["prompt", "id", "task__title", "step_id"]
+    list_select_related = ["task"]
+    readonly_fields = [f.name for f in Approval._meta.fields]
+    actions = ["approve", "reject"]
+
+    @admin.action(description="Approve selected pending approvals", permissions=["decide"])
+    def approve(self, request, queryset) -> None:  # noqa: ANN001
+        _decide(self, request, queryset, "approve")
+
+    @admin.action(description="Reject selected pending approvals", permissions=["decide"])
+    def reject(self, request, queryset) -> None:  # noqa: ANN001
+        _decide(self, request, queryset, "reject")
+
+    def has_decide_permission(self, request) -> bool:  # noqa: ANN001
+        return request.user.is_active and request.user.is_staff

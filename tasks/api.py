@@ -34,6 +34,10 @@ from ordinaut.api import OperationSerializer, iso, operation, page, parse_body, 
 from tasks import selectors, services
 from tasks.models import TaskStatus
 from tasks.serializers import (
+    ApprovalDecisionSerializer,
+    ApprovalListQuerySerializer,
+    ApprovalListSerializer,
+    EventPublishSerializer,
     PreviewQuerySerializer,
     PreviewSerializer,
     RunDetailSerializer,
@@ -50,6 +54,8 @@ from tasks.serializers import (
     TaskSerializer,
     TaskStatsSerializer,
     TaskUpdateSerializer,
+    approval_data,
+    event_published_data,
     run_data,
     task_data,
 )
@@ -532,3 +538,116 @@ class PipelineSchemaApi(APIView):
         except ImportError:
             return Response(_MINIMAL_PAYLOAD_SCHEMA)
         return Response(PAYLOAD_SCHEMA)
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+class EventPublishApi(APIView):
+    permission_classes = [HasScope]
+    required_scope = scopes.EVENTS_PUBLISH
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = "events"
+
+    @extend_schema(
+        operation_id="events_publish",
+        request=EventPublishSerializer,
+        responses={
+            202: OperationSerializer,
+            200: OpenApiResponse(
+                OperationSerializer, description="Repeated idempotency_key: the first response"
+            ),
+        },
+        examples=[
+            OpenApiExample(
+                "order paid",
+                value={"topic": "orders.paid", "payload": {"order_id": 42}},
+                request_only=True,
+            )
+        ],
+        description=(
+            "Publish an event: every active event task whose topic pattern matches, and every "
+            "condition task whose expression holds, is queued at once (202). The same "
+            "idempotency_key again answers 200 with the first event, storing nothing."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        data = parse_body(EventPublishSerializer, request)
+        source = acting_agent(request, data.get("source_agent_id"), field="source_agent_id")
+        event, created = services.event_publish(
+            topic=data["topic"],
+            payload=data["payload"],
+            idempotency_key=data.get("idempotency_key"),
+            source=source,
+            actor=Actor.agent(request.user),
+        )
+        message = "Event published successfully" if created else "Event already published"
+        code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        return Response(operation(message, event_published_data(event)), status=code)
+
+
+# -- approvals -------------------------------------------------------------------------------
+
+
+class ApprovalListApi(APIView):
+    permission_classes = [HasScope]
+    required_scope = scopes.APPROVALS_DECIDE
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = "reads"
+
+    @extend_schema(
+        operation_id="approvals_list",
+        parameters=[ApprovalListQuerySerializer],
+        responses=ApprovalListSerializer,
+        description="Approvals you may decide (all with admin), newest first.",
+    )
+    def get(self, request: Request) -> Response:
+        query = parse_query(ApprovalListQuerySerializer, request)
+        approvals = selectors.approval_list(viewer(request), status=query.get("status"))
+        return Response(
+            page(approvals, limit=query["limit"], offset=query["offset"], render=approval_data)
+        )
+
+
+class _ApprovalDecisionApi(APIView):
+    permission_classes = [HasScope]
+    required_scope = scopes.APPROVALS_DECIDE
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = "tasks"
+    decision: str
+
+    def post(self, request: Request, approval_id: str) -> Response:
+        data = parse_body(ApprovalDecisionSerializer, request)
+        approval = services.approval_decide(
+            approval_id=approval_id,
+            decision=self.decision,
+            comment=data.get("comment", ""),
+            actor=Actor.agent(request.user),
+            agent=request.user,
+            is_admin=is_admin(request),
+        )
+        return Response(operation(f"Approval {approval.status}", approval_data(approval)))
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="approvals_approve",
+        request=ApprovalDecisionSerializer,
+        responses={200: OperationSerializer},
+        description="Approve: the parked run resumes at the next step. 409 once decided.",
+    )
+)
+class ApprovalApproveApi(_ApprovalDecisionApi):
+    decision = "approve"
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="approvals_reject",
+        request=ApprovalDecisionSerializer,
+        responses={200: OperationSerializer},
+        description="Reject: the run resumes with the step's status `rejected`. 409 once decided.",
+    )
+)
+class ApprovalRejectApi(_ApprovalDecisionApi):
+    decision = "reject"

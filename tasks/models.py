@@ -150,6 +150,7 @@ class OccurrenceState(models.TextChoices):
     QUEUED = "queued"  # waiting for run_at and a free worker
     LEASED = "leased"  # held by lease_owner until leased_until (heartbeats extend it)
     DEAD = "dead"  # retries exhausted; kept for operators to inspect and re-run
+    WAITING = "waiting"  # parked on a pending approval; a decision requeues it
 
 
 class Trigger(models.TextChoices):
@@ -181,6 +182,12 @@ class Occurrence(models.Model):
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.SCHEDULE)
     last_error = models.TextField(blank=True, default="")
     correlation_id = models.CharField(max_length=64, default="", blank=True)
+    # The event that triggered it (trigger `event`); the pipeline reads it as ${event...}.
+    event = models.ForeignKey(
+        "Event", on_delete=models.PROTECT, null=True, blank=True, related_name="occurrences"
+    )
+    # Attempts that ended parked on an approval: they do not count against max_retries.
+    waits = models.SmallIntegerField(db_default=0)
     created_at = models.DateTimeField(default=now, editable=False)
 
     class Meta:
@@ -238,6 +245,7 @@ class RunStatus(models.TextChoices):
     TIMED_OUT = "timed_out"  # the run exceeded its timeout
     LOST = "lost"  # the worker vanished (lease expired); the occurrence was reclaimed
     CANCELED = "canceled"  # stopped on purpose (task canceled, worker shut down)
+    WAITING_APPROVAL = "waiting_approval"  # parked on an approval; a decision starts the next
 
 
 FINISHED_RUN_STATUSES = [s for s in RunStatus.values if s != RunStatus.RUNNING]
@@ -304,7 +312,7 @@ class Run(models.Model):
     @property
     def success(self) -> bool | None:
         """The original API's tri-state: None while running."""
-        if self.status == RunStatus.RUNNING:
+        if self.status in (RunStatus.RUNNING, RunStatus.WAITING_APPROVAL):
             return None
         return self.status == RunStatus.SUCCEEDED
 
@@ -382,3 +390,123 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+# -- events in --------------------------------------------------------------------------------
+
+
+class Event(models.Model):
+    """An event an agent (or the inbound stream) published; it triggers event/condition tasks."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    topic = models.CharField(max_length=100)
+    payload = models.JSONField(default=dict, blank=True)
+    source_agent = models.ForeignKey(
+        "agents.Agent", on_delete=models.PROTECT, null=True, blank=True, related_name="events"
+    )
+    # A retry with the same key (per source agent) gets the first event's response.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # How many tasks it enqueued, kept so that a repeated request answers the same.
+    triggered_tasks = models.IntegerField(default=0)
+    published_at = models.DateTimeField(default=now, db_index=True)
+
+    class Meta:
+        ordering = ["-published_at"]
+        indexes = [models.Index(fields=["topic", "-published_at"], name="event_topic_idx")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source_agent", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                nulls_distinct=False,
+                name="event_idempotency_once",
+            ),
+            models.CheckConstraint(condition=~Q(topic=""), name="event_topic_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic} @ {self.published_at.isoformat()}"
+
+
+# -- events out -------------------------------------------------------------------------------
+
+
+class OutboxMessage(models.Model):
+    """A lifecycle change, written in the transaction that made it; the relay publishes it.
+
+    The relay (scheduler) XADDs unsent rows in id order to the Redis stream and stamps
+    `sent_at`; while Redis is down they wait here, so nothing is lost.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    # e.g. task.created, task.paused, run.started, run.succeeded, run.dead, approval.decided
+    type = models.CharField(max_length=64)
+    task_id = models.UUIDField(null=True, blank=True)
+    run_id = models.UUIDField(null=True, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # The relay's scan: only the unsent backlog, however much history is kept.
+            models.Index(fields=["id"], name="outbox_unsent_idx", condition=Q(sent_at__isnull=True))
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.type}"
+
+
+# -- approvals --------------------------------------------------------------------------------
+
+
+class ApprovalStatus(models.TextChoices):
+    PENDING = "pending"  # waiting for a decision; the run is parked
+    APPROVED = "approved"  # decided yes; the run resumes after the step
+    REJECTED = "rejected"  # decided no; the step's output says so (or the step fails)
+    EXPIRED = "expired"  # nobody decided before expires_at; treated as a rejection
+
+
+class Approval(models.Model):
+    """A human decision an `approval.request` step is waiting for."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="approvals")
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="approvals")
+    # Not a foreign key, as on Run: the occurrence leaves the queue when it finishes.
+    occurrence_id = models.BigIntegerField()
+    step_id = models.CharField(max_length=200)
+    prompt = models.TextField()
+    # The step's `data`, cut to a readable excerpt for the decider.
+    context = models.JSONField(null=True, blank=True)
+    approvers = models.JSONField(default=list, blank=True)
+    status = models.CharField(
+        max_length=16, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING
+    )
+    expires_at = models.DateTimeField()
+    decided_by = models.CharField(max_length=200, blank=True, default="")
+    comment = models.TextField(blank=True, default="")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(
+                fields=["expires_at"], name="approval_pending_idx", condition=Q(status="pending")
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "step_id"], name="approval_once_per_step"),
+            models.CheckConstraint(
+                condition=Q(status__in=ApprovalStatus.values), name="approval_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(status="pending", decided_at__isnull=True)
+                | (~Q(status="pending") & Q(decided_at__isnull=False)),
+                name="approval_decided_iff_not_pending",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step_id}: {self.prompt[:40]} ({self.status})"

@@ -45,7 +45,7 @@ WITH picked AS (
         leased_until = statement_timestamp() + make_interval(secs => %(lease)s)
     WHERE o.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING o.id, o.task_id, o.scheduled_for, o.run_at, o.attempt, o.trigger,
-              o.correlation_id, o.priority, o.leased_until
+              o.correlation_id, o.priority, o.leased_until, o.event_id
 ), runs AS (
     INSERT INTO tasks_run (id, task_id, occurrence_id, scheduled_for, attempt, trigger,
                            lease_owner, leased_until, status, started_at, steps,
@@ -55,10 +55,14 @@ WITH picked AS (
            CASE WHEN correlation_id = '' THEN md5(random()::text) ELSE correlation_id END,
            clock_timestamp()
     FROM leased
-    RETURNING id, occurrence_id, correlation_id, started_at
+    RETURNING id, task_id, occurrence_id, correlation_id, started_at
+), started AS (
+    -- The outbox's run.started, committed with the lease (see tasks/outbox.py).
+    INSERT INTO tasks_outboxmessage (type, task_id, run_id, data, created_at)
+    SELECT 'run.started', task_id, id, '{}'::jsonb, clock_timestamp() FROM runs
 )
 SELECT l.id, l.task_id, l.scheduled_for, l.run_at, l.attempt, l.trigger, l.priority,
-       r.id, r.correlation_id, r.started_at
+       r.id, r.correlation_id, r.started_at, l.event_id
 FROM leased l JOIN runs r ON r.occurrence_id = l.id
 ORDER BY l.priority DESC, l.run_at
 """
@@ -84,7 +88,7 @@ WITH picked AS (
         leased_until = statement_timestamp() + make_interval(secs => %(lease)s)
     WHERE o.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING o.id, o.task_id, o.scheduled_for, o.run_at, o.attempt, o.trigger,
-              o.correlation_id, o.priority, o.leased_until
+              o.correlation_id, o.priority, o.leased_until, o.event_id
 ), runs AS (
     INSERT INTO tasks_run (id, task_id, occurrence_id, scheduled_for, attempt, trigger,
                            lease_owner, leased_until, status, started_at, steps,
@@ -94,10 +98,14 @@ WITH picked AS (
            CASE WHEN correlation_id = '' THEN md5(random()::text) ELSE correlation_id END,
            clock_timestamp()
     FROM leased
-    RETURNING id, occurrence_id, correlation_id, started_at
+    RETURNING id, task_id, occurrence_id, correlation_id, started_at
+), started AS (
+    -- The outbox's run.started, committed with the lease (see tasks/outbox.py).
+    INSERT INTO tasks_outboxmessage (type, task_id, run_id, data, created_at)
+    SELECT 'run.started', task_id, id, '{}'::jsonb, clock_timestamp() FROM runs
 )
 SELECT l.id, l.task_id, l.scheduled_for, l.run_at, l.attempt, l.trigger, l.priority,
-       r.id, r.correlation_id, r.started_at
+       r.id, r.correlation_id, r.started_at, l.event_id
 FROM leased l JOIN runs r ON r.occurrence_id = l.id
 """
 
@@ -116,6 +124,7 @@ class Claimed:
     run_id: Any
     correlation_id: str
     started_at: datetime
+    event_id: Any = None  # the triggering Event's id (trigger `event`), else None
 
 
 def _cursor() -> psycopg.Cursor:
@@ -214,7 +223,7 @@ def release(owner: str, occurrence_ids: list[int]) -> None:
 # goes back to the queue as the next attempt, or to `dead` when it has used its retries.
 RECLAIM_EXPIRED = """
 WITH expired AS (
-    SELECT o.id, o.attempt, t.max_retries
+    SELECT o.id, o.attempt - o.waits AS attempt, o.attempt AS run_attempt, t.max_retries
     FROM tasks_occurrence o JOIN tasks_task t ON t.id = o.task_id
     WHERE o.state = 'leased' AND o.leased_until < statement_timestamp()
     LIMIT 500
@@ -224,7 +233,7 @@ WITH expired AS (
     SET status = 'lost', finished_at = greatest(clock_timestamp(), r.started_at),
         error = 'worker lost its lease (killed, hung or cut off); the occurrence was reclaimed'
     FROM expired e
-    WHERE r.occurrence_id = e.id AND r.attempt = e.attempt AND r.status = 'running'
+    WHERE r.occurrence_id = e.id AND r.attempt = e.run_attempt AND r.status = 'running'
     RETURNING r.id
 )
 UPDATE tasks_occurrence AS o
@@ -264,13 +273,19 @@ class Outcome:
 
 # Record finished attempts. Conditional on status = 'running': a run the reclaimer already
 # marked lost keeps that verdict (its worker was too slow; another attempt owns the work).
+# The outbox gets one run.<status> message per run actually finished, in the same statement.
 FINISH_RUNS = """
-UPDATE tasks_run AS r
-SET status = v.status, finished_at = greatest(clock_timestamp(), r.started_at),
-    output = v.output, error = v.error, steps = coalesce(v.steps, r.steps)
-FROM jsonb_to_recordset(%s::jsonb) AS v(id uuid, status text, output jsonb, error text,
-                                        steps jsonb)
-WHERE r.id = v.id AND r.status = 'running'
+WITH finished AS (
+    UPDATE tasks_run AS r
+    SET status = v.status, finished_at = greatest(clock_timestamp(), r.started_at),
+        output = v.output, error = v.error, steps = coalesce(v.steps, r.steps)
+    FROM jsonb_to_recordset(%s::jsonb) AS v(id uuid, status text, output jsonb, error text,
+                                            steps jsonb)
+    WHERE r.id = v.id AND r.status = 'running'
+    RETURNING r.id, r.task_id, r.status
+)
+INSERT INTO tasks_outboxmessage (type, task_id, run_id, data, created_at)
+SELECT 'run.' || status, task_id, id, '{}'::jsonb, clock_timestamp() FROM finished
 """
 
 # Finished occurrences leave the queue: only while still leased by us (the same guard).
@@ -279,14 +294,59 @@ DELETE FROM tasks_occurrence
 WHERE id = ANY(%(ids)s) AND state = 'leased' AND lease_owner = %(owner)s
 """
 
-# Failed attempts: back to the queue after their backoff, or to `dead`.
+# Failed attempts: back to the queue after their backoff, or to `dead` — when the caller
+# says so (not retryable) or when the attempts that did not park on an approval exceed
+# max_retries (decided here, on the locked row, so approval waits never use up retries).
+# A new dead letter is announced in the outbox as run.dead, in the same statement.
 REQUEUE_OR_BURY = """
-UPDATE tasks_occurrence AS o
-SET state = v.state, run_at = v.run_at, last_error = v.error,
-    lease_owner = NULL, leased_until = NULL
-FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(id bigint, state text, run_at timestamptz,
-                                              error text)
-WHERE o.id = v.id AND o.state = 'leased' AND o.lease_owner = %(owner)s
+WITH moved AS (
+    UPDATE tasks_occurrence AS o
+    SET state = CASE WHEN v.state = 'dead' OR o.attempt - o.waits > v.max_retries
+                     THEN 'dead' ELSE 'queued' END,
+        run_at = v.run_at, last_error = v.error, lease_owner = NULL, leased_until = NULL
+    FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(id bigint, state text, run_at timestamptz,
+                                                  error text, max_retries int, run_id uuid)
+    WHERE o.id = v.id AND o.state = 'leased' AND o.lease_owner = %(owner)s
+    RETURNING o.id, o.task_id, o.state, v.run_id
+), buried AS (
+    INSERT INTO tasks_outboxmessage (type, task_id, run_id, data, created_at)
+    SELECT 'run.dead', task_id, run_id, '{}'::jsonb, clock_timestamp()
+    FROM moved WHERE state = 'dead'
+)
+SELECT id, state FROM moved
+"""
+
+# Attempts parked on an approval: the occurrence waits (no lease, not claimable) until a
+# decision requeues it; `waits` records that this attempt does not count as a retry. Only
+# occurrences still leased by us park (the same guard as above), and only those get their
+# Approval row and the outbox's approval.requested, all in this one statement.
+PARK = """
+WITH v AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(
+        occurrence_id bigint, run_id uuid, step_id text, prompt text, context jsonb,
+        approvers jsonb, expires_in double precision)
+), parked AS (
+    UPDATE tasks_occurrence AS o
+    SET state = 'waiting', lease_owner = NULL, leased_until = NULL, waits = o.waits + 1,
+        last_error = ''
+    FROM v
+    WHERE o.id = v.occurrence_id AND o.state = 'leased' AND o.lease_owner = %(owner)s
+    RETURNING o.id, o.task_id
+), requested AS (
+    INSERT INTO tasks_approval (id, task_id, run_id, occurrence_id, step_id, prompt, context,
+                                approvers, status, expires_at, decided_by, comment,
+                                created_at)
+    SELECT gen_random_uuid(), p.task_id, v.run_id, p.id, v.step_id, v.prompt, v.context,
+           coalesce(v.approvers, '[]'::jsonb), 'pending',
+           clock_timestamp() + make_interval(secs => v.expires_in), '', '', clock_timestamp()
+    FROM parked p JOIN v ON v.occurrence_id = p.id
+    ON CONFLICT (run_id, step_id) DO NOTHING
+    RETURNING id, task_id, run_id
+)
+INSERT INTO tasks_outboxmessage (type, task_id, run_id, data, created_at)
+SELECT 'approval.requested', task_id, run_id, jsonb_build_object('approval_id', id),
+       clock_timestamp()
+FROM requested
 """
 
 
@@ -310,13 +370,14 @@ def retry_delay(
 def finish(owner: str, outcomes: list[Outcome]) -> dict[str, int]:
     """Record a batch of finished attempts in one transaction; return counts by new state.
 
-    Succeeded attempts delete their occurrence; failed ones requeue it after its backoff
-    or bury it as dead when retries are used up (or the error is not retryable).
+    Succeeded attempts delete their occurrence; waiting ones (an approval) park it; failed
+    ones requeue it after its backoff or bury it as dead when retries are used up (or the
+    error is not retryable). Approval waits do not count as retries.
     """
     if not outcomes:
         return {}
-    runs, done, again = [], [], []
-    counts = {"done": 0, "retry": 0, "dead": 0}
+    runs, done, parked, again = [], [], [], []
+    counts = {"done": 0, "retry": 0, "dead": 0, "waiting": 0}
     for outcome in outcomes:
         claimed = outcome.claimed
         runs.append(
@@ -331,33 +392,74 @@ def finish(owner: str, outcomes: list[Outcome]) -> dict[str, int]:
         if outcome.status == "succeeded":
             done.append(claimed.occurrence_id)
             counts["done"] += 1
-        elif outcome.retryable and claimed.attempt <= outcome.max_retries:
-            delay = retry_delay(outcome.backoff_strategy, claimed.attempt)
-            again.append({"id": claimed.occurrence_id, "state": "queued", "delay": delay,
-                          "error": outcome.error or outcome.status})  # fmt: skip
-            counts["retry"] += 1
+        elif outcome.status == "waiting_approval":
+            parked.append(_approval_row(outcome))
+            counts["waiting"] += 1
         else:
-            again.append({"id": claimed.occurrence_id, "state": "dead", "delay": 0,
-                          "error": outcome.error or outcome.status})  # fmt: skip
-            counts["dead"] += 1
+            retry = outcome.retryable
+            delay = retry_delay(outcome.backoff_strategy, claimed.attempt) if retry else 0
+            again.append({"id": claimed.occurrence_id, "state": "queued" if retry else "dead",
+                          "delay": delay, "error": outcome.error or outcome.status,
+                          "max_retries": outcome.max_retries,
+                          "run_id": str(claimed.run_id)})  # fmt: skip
     with transaction.atomic(), _cursor() as cursor:
         cursor.execute("SELECT clock_timestamp()")
         (now,) = cursor.fetchone()
         cursor.execute(FINISH_RUNS, [json.dumps(runs, default=str)])
         if done:
             cursor.execute(DELETE_DONE, {"ids": done, "owner": owner})
+        if parked:
+            cursor.execute(PARK, {"rows": json.dumps(parked, default=str), "owner": owner})
         if again:
             rows = [
-                {
-                    "id": row["id"],
-                    "state": row["state"],
-                    "run_at": (now + _seconds(row["delay"])).isoformat(),
-                    "error": row["error"],
-                }
-                for row in again
+                {**row, "run_at": (now + _seconds(row.pop("delay"))).isoformat()} for row in again
             ]
             cursor.execute(REQUEUE_OR_BURY, {"rows": json.dumps(rows), "owner": owner})
+            for _, state in cursor.fetchall():
+                counts["dead" if state == "dead" else "retry"] += 1
+    if not counts["waiting"]:
+        del counts["waiting"]
     return counts
+
+
+# Approvals nobody decides expire after this long unless the step says otherwise.
+DEFAULT_APPROVAL_SECONDS = 24 * 3600
+# The approval's context is an excerpt: a decider reads it, it is not the data itself.
+CONTEXT_EXCERPT_CHARS = 4000
+
+
+def _approval_row(outcome: Outcome) -> dict[str, Any]:
+    """The Approval an outcome parked on, from the executor's `waiting` output."""
+    waiting = (outcome.output or {}).get("waiting") or {}
+    context = waiting.get("data")
+    text = json.dumps(context, default=str)
+    if len(text) > CONTEXT_EXCERPT_CHARS:
+        context = {"excerpt": text[:CONTEXT_EXCERPT_CHARS], "truncated": True}
+    default = getattr(settings, "APPROVAL_DEFAULT_EXPIRES_SECONDS", DEFAULT_APPROVAL_SECONDS)
+    return {
+        "occurrence_id": outcome.claimed.occurrence_id,
+        "run_id": str(outcome.claimed.run_id),
+        "step_id": waiting.get("step") or "approval",
+        "prompt": waiting.get("message") or "",
+        "context": context,
+        "approvers": waiting.get("approvers") or [],
+        "expires_in": float(waiting.get("expires_in_seconds") or default),
+    }
+
+
+# A decided approval's occurrence goes back to the queue, due now, as its next attempt.
+# Conditional on `waiting`: deciding twice, or racing the expiry, requeues it once.
+RESUME = """
+UPDATE tasks_occurrence SET state = 'queued', run_at = statement_timestamp()
+WHERE id = %(id)s AND state = 'waiting'
+"""
+
+
+def resume(occurrence_id: int) -> bool:
+    """Requeue a parked occurrence (inside the caller's transaction); False if not parked."""
+    with _cursor() as cursor:
+        cursor.execute(RESUME, {"id": occurrence_id})
+        return cursor.rowcount == 1
 
 
 def _seconds(value: float):  # noqa: ANN202

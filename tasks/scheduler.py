@@ -182,6 +182,7 @@ class Scheduler:
         self.clock = clock
         self.name = name or f"scheduler@{socket.gethostname()}:{os.getpid()}"
         self._listener = None
+        self._redis = None
         self._started = timezone.now()
         self._ticks = 0
         self._enqueued = 0
@@ -294,6 +295,28 @@ class Scheduler:
             )  # fmt: skip
             return TaskPlan(next_run_at=None)
 
+    # -- housekeeping outside the tick's transactions ------------------------------------------
+
+    def housekeeping(self) -> None:
+        """Relay the outbox to Redis and expire overdue approvals (once per tick).
+
+        Redis being down never stops scheduling: the outbox keeps the backlog. Database
+        errors propagate to the loop like the tick's own.
+        """
+        from tasks import outbox
+
+        if self._redis is None:
+            self._redis = outbox.redis_client()
+        outbox.relay_safely(self._redis)
+        self._expire_approvals()
+
+    def _expire_approvals(self) -> None:
+        try:
+            from tasks.services import approval_expire_due
+        except ImportError:
+            return
+        approval_expire_due()
+
     # -- loop -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
@@ -306,6 +329,7 @@ class Scheduler:
                     self._ensure_listener()
                 started = time.monotonic()
                 result = self.tick()
+                self.housekeeping()
                 self._heartbeat(result)
                 self._log_tick(result, time.monotonic() - started)
                 backoff = 0.5

@@ -212,3 +212,31 @@ def _format_offset(offset: timedelta | None) -> str:
     sign = "+" if seconds >= 0 else "-"
     hours, minutes = divmod(abs(seconds) // 60, 60)
     return f"{sign}{hours:02d}:{minutes:02d}"
+
+
+# -- approvals --------------------------------------------------------------------------------
+
+
+def approval_queryset(viewer: Viewer) -> QuerySet:
+    """Approvals the viewer may see: every one with admin; else those it may decide (no
+    `approvers` list, or one naming it) and those of its own tasks."""
+    from tasks.models import Approval
+
+    queryset = Approval.objects.all()
+    if viewer.is_admin:
+        return queryset
+    agent = viewer.agent
+    return queryset.filter(
+        Q(approvers=[])
+        | Q(approvers__contains=[agent.name])
+        | Q(approvers__contains=[str(agent.pk)])
+        | Q(task__created_by=agent)
+    )
+
+
+def approval_list(viewer: Viewer, *, status: str | None = None) -> QuerySet:
+    """Visible approvals, newest first."""
+    queryset = approval_queryset(viewer).order_by("-created_at", "-id")
+    if status:
+        queryset = queryset.filter(status=status)
+    return queryset

@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from ordinaut.api import PageQuerySerializer, StrictSerializer, iso, reject_nul
 from tasks.models import (
+    ApprovalStatus,
     BackoffStrategy,
     MisfirePolicy,
     Run,
@@ -299,3 +300,84 @@ class PreviewSerializer(serializers.Serializer):
     schedule_expr = serializers.CharField(allow_null=True)
     timezone = serializers.CharField()
     occurrences = OccurrencePreviewSerializer(many=True)
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+class EventPublishSerializer(StrictSerializer):
+    # Length and alphabet are checked by the service (tasks.events), with one message.
+    topic = serializers.CharField(max_length=1000, trim_whitespace=False)
+    payload = PayloadField(default=dict)
+    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True)
+    source_agent_id = serializers.UUIDField(required=False, allow_null=True)
+
+
+class EventPublishedSerializer(serializers.Serializer):
+    event_id = serializers.UUIDField()
+    topic = serializers.CharField()
+    triggered_tasks = serializers.IntegerField()
+    published_at = serializers.DateTimeField()
+
+
+def event_published_data(event: Any) -> dict[str, Any]:
+    """The `details` of POST /events (the same for a repeated idempotency key)."""
+    return {
+        "event_id": str(event.id),
+        "topic": event.topic,
+        "triggered_tasks": event.triggered_tasks,
+        "published_at": iso(event.published_at),
+    }
+
+
+# -- approvals -------------------------------------------------------------------------------
+
+
+class ApprovalListQuerySerializer(PageQuerySerializer):
+    status = serializers.ChoiceField(choices=ApprovalStatus.values, required=False)
+
+
+class ApprovalDecisionSerializer(StrictSerializer):
+    comment = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+
+
+class ApprovalSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    task_id = serializers.UUIDField()
+    run_id = serializers.UUIDField()
+    step_id = serializers.CharField()
+    prompt = serializers.CharField()
+    context = serializers.JSONField(allow_null=True)
+    approvers = serializers.ListField(child=serializers.CharField())
+    status = serializers.ChoiceField(choices=ApprovalStatus.values)
+    expires_at = serializers.DateTimeField()
+    created_at = serializers.DateTimeField()
+    decided_by = serializers.CharField(allow_blank=True)
+    comment = serializers.CharField(allow_blank=True)
+    decided_at = serializers.DateTimeField(allow_null=True)
+
+
+class ApprovalListSerializer(serializers.Serializer):
+    items = ApprovalSerializer(many=True)
+    total = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    has_more = serializers.BooleanField()
+
+
+def approval_data(approval: Any) -> dict[str, Any]:
+    return {
+        "id": str(approval.id),
+        "task_id": str(approval.task_id),
+        "run_id": str(approval.run_id),
+        "step_id": approval.step_id,
+        "prompt": approval.prompt,
+        "context": approval.context,
+        "approvers": approval.approvers,
+        "status": approval.status,
+        "expires_at": iso(approval.expires_at),
+        "created_at": iso(approval.created_at),
+        "decided_by": approval.decided_by,
+        "comment": approval.comment,
+        "decided_at": iso(approval.decided_at),
+    }

@@ -8,23 +8,28 @@ a poll. REST views, MCP tools and admin actions all call these.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from agents.models import Agent
 from audit import record
 from audit.services import Actor
-from ordinaut.errors import Conflict, InvalidInput, NotFound
+from ordinaut.errors import Conflict, Forbidden, InvalidInput, NotFound
 from tasks import schedules
 from tasks.models import (
     TIME_KINDS,
+    Approval,
+    ApprovalStatus,
     BackoffStrategy,
+    Event,
     MisfirePolicy,
     Occurrence,
     OccurrenceState,
@@ -35,6 +40,7 @@ from tasks.models import (
     TaskStatus,
     Trigger,
 )
+from tasks.outbox import outbox_add
 
 # LISTEN/NOTIFY channels. NOTIFY inside a transaction is delivered at commit, never before.
 SCHEDULER_CHANNEL = "ordinaut_scheduler"
@@ -238,6 +244,7 @@ def task_create(
     task.next_run_at = first_run_at(task, now)
     with transaction.atomic():
         task.save(force_insert=True)
+        outbox_add(type="task.created", task_id=task.id)
         record(
             actor=actor,
             action="task.created",
@@ -326,6 +333,7 @@ def task_update(
         Occurrence.objects.filter(task=task, state=OccurrenceState.QUEUED).update(
             priority=task.priority, concurrency_key=task.concurrency_key
         )
+        outbox_add(type="task.updated", task_id=task.id, data={"changed": sorted(changes)})
         record(
             actor=actor,
             action="task.updated",
@@ -391,6 +399,7 @@ def task_pause(*, task_id: Any, actor: Actor, now: datetime | None = None) -> Ta
         task.paused_at = now
         task.save(update_fields=["status", "next_run_at", "paused_at", "updated_at"])
         dropped = _drop_queued(task, reason=SkipReason.PAUSED, now=now)
+        outbox_add(type="task.paused", task_id=task.id)
         record(actor=actor, action="task.paused", subject=task, details={"dropped": dropped})
         notify(SCHEDULER_CHANNEL)
     return task
@@ -409,6 +418,7 @@ def task_resume(*, task_id: Any, actor: Actor, now: datetime | None = None) -> T
         task.next_run_at = first_run_at(task, now)
         task.paused_at = None
         task.save(update_fields=["status", "next_run_at", "paused_at", "updated_at"])
+        outbox_add(type="task.resumed", task_id=task.id)
         record(
             actor=actor,
             action="task.resumed",
@@ -432,6 +442,7 @@ def task_cancel(*, task_id: Any, actor: Actor, now: datetime | None = None) -> T
         task.next_run_at = None
         task.save(update_fields=["status", "next_run_at", "updated_at"])
         dropped = _drop_queued(task, reason=SkipReason.CANCELED, now=now)
+        outbox_add(type="task.canceled", task_id=task.id)
         record(actor=actor, action="task.canceled", subject=task, details={"dropped": dropped})
         notify(SCHEDULER_CHANNEL)
     return task
@@ -573,3 +584,262 @@ def occurrence_rerun_dead(*, occurrence_ids: list[int], actor: Actor) -> list[in
 def local_time(instant: datetime, tz: str) -> datetime:
     """`instant` in zone `tz` (for messages and the admin)."""
     return instant.astimezone(ZoneInfo(tz))
+
+
+# -- events -----------------------------------------------------------------------------------
+
+# Enqueue one event's occurrences in one statement. (task, scheduled_for) is unique and
+# scheduled_for is the event's instant, so a second event in the same microsecond collides:
+# DO NOTHING, and the caller retries just those tasks one microsecond later.
+INSERT_EVENT_OCCURRENCES = """
+INSERT INTO tasks_occurrence
+    (task_id, scheduled_for, run_at, priority, concurrency_key, state, attempt, trigger,
+     last_error, correlation_id, event_id, created_at)
+SELECT v.task_id, %(at)s, %(run_at)s, v.priority, v.concurrency_key, 'queued', 0, 'event',
+       '', %(correlation_id)s, %(event_id)s, clock_timestamp()
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(task_id uuid, priority smallint,
+                                              concurrency_key text)
+ON CONFLICT (task_id, scheduled_for) DO NOTHING
+RETURNING task_id
+"""
+
+
+def _triggered_tasks(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Active event and condition tasks that fire for `document`."""
+    from tasks.events import triggers
+
+    candidates = Task.objects.filter(
+        status=TaskStatus.ACTIVE, schedule_kind__in=[ScheduleKind.EVENT, ScheduleKind.CONDITION]
+    ).values_list("id", "schedule_kind", "schedule_expr", "priority", "concurrency_key")
+    return [
+        {"task_id": str(task_id), "priority": priority, "concurrency_key": key}
+        for task_id, kind, expr, priority, key in candidates.iterator(chunk_size=2000)
+        if triggers(kind, expr, document)
+    ]
+
+
+def event_publish(
+    *,
+    topic: str,
+    payload: dict,
+    actor: Actor,
+    source: Agent | None = None,
+    idempotency_key: str | None = None,
+    now: datetime | None = None,
+) -> tuple[Event, bool]:
+    """Store an event and enqueue an occurrence of every active task it triggers.
+
+    Returns (event, created). With an idempotency key already used by the same source, the
+    first event is returned with created=False and nothing is written. Raises InvalidInput
+    (nothing written) for a malformed topic, a non-object or oversized payload.
+    """
+    from ordinaut.correlation import get_correlation_id
+    from tasks.events import event_document, validate_event
+
+    validate_event(topic, payload, idempotency_key)
+    with transaction.atomic():
+        if idempotency_key is not None:
+            # Serialise racing retries of one key; the unique index is the backstop.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                    [f"event-idempotency:{source.pk if source else ''}:{idempotency_key}"],
+                )
+            existing = Event.objects.filter(
+                source_agent=source, idempotency_key=idempotency_key
+            ).first()
+            if existing is not None:
+                return existing, False
+        event = Event.objects.create(
+            topic=topic,
+            payload=payload,
+            source_agent=source,
+            idempotency_key=idempotency_key,
+            published_at=now or timezone.now(),
+        )
+        document = event_document(topic, payload, source.pk if source else None)
+        pending = _triggered_tasks(document)
+        instant, enqueued = event.published_at, 0
+        while pending:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    INSERT_EVENT_OCCURRENCES,
+                    {
+                        "at": instant,
+                        "run_at": event.published_at,
+                        "correlation_id": get_correlation_id() or "",
+                        "event_id": event.id,
+                        "rows": json.dumps(pending),
+                    },
+                )
+                inserted = {str(row[0]) for row in cursor.fetchall()}
+            enqueued += len(inserted)
+            pending = [row for row in pending if row["task_id"] not in inserted]
+            instant += timedelta(microseconds=1)
+        event.triggered_tasks = enqueued
+        event.save(update_fields=["triggered_tasks"])
+        outbox_add(type="event.published", data={"event_id": str(event.id), "topic": topic})
+        record(
+            actor=actor,
+            action="event.published",
+            subject=event,
+            details={"topic": topic, "triggered_tasks": enqueued},
+        )
+    return event, True
+
+
+# -- approvals --------------------------------------------------------------------------------
+
+_DECISIONS = {
+    "approve": ApprovalStatus.APPROVED,
+    "approved": ApprovalStatus.APPROVED,
+    "reject": ApprovalStatus.REJECTED,
+    "rejected": ApprovalStatus.REJECTED,
+}
+
+
+def may_decide(approval: Approval, agent: Agent, *, is_admin: bool) -> bool:
+    """Whether `agent` is among the approval's deciders (it can see the approval at all).
+
+    An approval naming `approvers` (agent names or ids) is for them only; without that list
+    any agent holding approvals:decide may decide. `admin` may decide any.
+    """
+    if is_admin or not approval.approvers:
+        return True
+    return agent.name in approval.approvers or str(agent.pk) in approval.approvers
+
+
+def _locked_approval(approval_id: Any) -> Approval:
+    try:
+        return Approval.objects.select_for_update().select_related("task").get(pk=approval_id)
+    except (Approval.DoesNotExist, ValueError, TypeError, ValidationError) as exc:
+        raise NotFound(f"approval {approval_id} not found") from exc
+
+
+def _settle(
+    approval: Approval, *, status: str, decided_by: str, comment: str, now: datetime
+) -> bool:
+    """Record the decision on the approval and on the parked step, and requeue the run."""
+    from pipelines.executor import record_decision
+    from tasks import queue
+
+    approval.status = status
+    approval.decided_by = decided_by
+    approval.comment = comment
+    approval.decided_at = now
+    # Conditional on pending: the row is locked, this is the backstop of that check.
+    updated = Approval.objects.filter(pk=approval.pk, status=ApprovalStatus.PENDING).update(
+        status=status, decided_by=decided_by, comment=comment, decided_at=now
+    )
+    if updated != 1:
+        raise Conflict(f"approval {approval.pk} was decided meanwhile")
+    record_decision(
+        run_id=approval.run_id,
+        step_id=approval.step_id,
+        decision={
+            "status": status,
+            "decided_by": decided_by,
+            "comment": comment,
+            "decided_at": now.isoformat(),
+        },
+    )
+    resumed = queue.resume(approval.occurrence_id)
+    outbox_add(
+        type=f"approval.{status}",
+        task_id=approval.task_id,
+        run_id=approval.run_id,
+        data={"approval_id": str(approval.pk), "decided_by": decided_by},
+    )
+    notify(WORKER_CHANNEL)
+    return resumed
+
+
+def approval_decide(
+    *,
+    approval_id: Any,
+    decision: str,
+    actor: Actor,
+    comment: str = "",
+    agent: Agent | None = None,
+    is_admin: bool = False,
+    now: datetime | None = None,
+) -> Approval:
+    """Approve or reject a pending approval; the parked run resumes as its next attempt.
+
+    `agent` is the deciding agent (None for an operator in the admin). Raises NotFound for an
+    unknown approval or one the agent is not a decider of, Forbidden for an agent deciding
+    its own task's request (unless APPROVALS_ALLOW_SELF_DECISION), Conflict (409) for one
+    already decided or expired, InvalidInput for a decision other than approve/reject.
+    """
+    status = _DECISIONS.get(str(decision).lower())
+    if status is None:
+        raise InvalidInput(
+            "decision: must be approve or reject", details={"decision": ["approve or reject"]}
+        )
+    _text("comment", comment, max_length=2000, required=False)
+    now = now or timezone.now()
+    with transaction.atomic():
+        approval = _locked_approval(approval_id)
+        if agent is not None:
+            if not may_decide(approval, agent, is_admin=is_admin):
+                raise NotFound(f"approval {approval_id} not found")
+            own = approval.task.created_by_id == agent.pk
+            if (
+                own
+                and not is_admin
+                and not getattr(settings, "APPROVALS_ALLOW_SELF_DECISION", False)
+            ):
+                raise Forbidden("an agent may not decide its own task's approval request")
+        if approval.status != ApprovalStatus.PENDING:
+            raise Conflict(
+                f"approval is already {approval.status}; it cannot be decided again",
+                details={"status": approval.status},
+            )
+        if approval.expires_at <= now:
+            raise Conflict(
+                f"approval expired at {approval.expires_at.isoformat()}; it cannot be decided",
+                details={"status": "expired"},
+            )
+        decided_by = actor.name or actor.id
+        _settle(approval, status=status, decided_by=decided_by, comment=comment or "", now=now)
+        record(
+            actor=actor,
+            action=f"approval.{status}",
+            subject=approval,
+            details={
+                "task_id": approval.task_id,
+                "run_id": approval.run_id,
+                "step_id": approval.step_id,
+                "comment": comment or "",
+            },
+        )
+    return approval
+
+
+def approval_expire_due(*, now: datetime | None = None, limit: int = 100) -> int:
+    """Expire pending approvals past their expires_at (the scheduler calls this each tick).
+
+    Expiry is a decision like a rejection: the run resumes and sees status `expired`.
+    SKIP LOCKED lets several schedulers share the work and never waits on a decider.
+    """
+    now = now or timezone.now()
+    expired = 0
+    with transaction.atomic():
+        due = list(
+            Approval.objects.select_for_update(skip_locked=True)
+            .filter(status=ApprovalStatus.PENDING, expires_at__lte=now)
+            .order_by("expires_at")[:limit]
+        )
+        for approval in due:
+            _settle(
+                approval, status=ApprovalStatus.EXPIRED, decided_by="system:scheduler",
+                comment="expired without a decision", now=now,
+            )  # fmt: skip
+            record(
+                actor=Actor.system("scheduler"),
+                action="approval.expired",
+                subject=approval,
+                details={"task_id": approval.task_id, "run_id": approval.run_id},
+            )
+            expired += 1
+    return expired

@@ -28,7 +28,7 @@ from django.utils import timezone
 from ordinaut.correlation import reset_correlation_id, set_correlation_id
 from ordinaut.database import raw_connection
 from tasks import queue
-from tasks.models import Run, RunStatus, Task, WorkerHeartbeat
+from tasks.models import Event, Run, RunStatus, Task, WorkerHeartbeat
 from tasks.services import WORKER_CHANNEL
 
 logger = logging.getLogger("ordinaut.worker")
@@ -43,11 +43,27 @@ class _InFlight:
     deadline: float | None  # monotonic; None: no run timeout
 
 
-def execute_pipeline(run: Run, *, deadline: float | None) -> Any:
+def execute_pipeline(run: Run, *, deadline: float | None, event: dict | None = None) -> Any:
     """Run the task's pipeline through the pipelines executor (imported late: optional app)."""
     from pipelines.executor import execute
 
-    return execute(run, deadline=deadline)
+    return execute(run, event=event, deadline=deadline)
+
+
+def event_context(event_id: Any) -> dict[str, Any] | None:
+    """The triggering event as the pipeline sees it (`${event.topic}`, `${event.payload.x}`)."""
+    if event_id is None:
+        return None
+    event = Event.objects.filter(pk=event_id).first()
+    if event is None:
+        return None
+    return {
+        "id": str(event.id),
+        "topic": event.topic,
+        "payload": event.payload,
+        "source_agent_id": str(event.source_agent_id) if event.source_agent_id else None,
+        "published_at": event.published_at.isoformat(),
+    }
 
 
 class Worker:
@@ -171,7 +187,8 @@ class Worker:
                 started_at=claimed.started_at,
                 correlation_id=claimed.correlation_id,
             )
-            result = execute_pipeline(run, deadline=deadline)
+            event = event_context(claimed.event_id)
+            result = execute_pipeline(run, deadline=deadline, event=event)
             outcome = self._outcome(claimed, task, result.status, result.output, result.error,
                                     retryable=result.retryable)  # fmt: skip
             outcome.steps = result.steps
@@ -188,9 +205,9 @@ class Worker:
     @staticmethod
     def _outcome(claimed, task, status, output, error, *, retryable=True) -> queue.Outcome:  # noqa: ANN001
         if status == "waiting":
-            # Parked for a human decision: the Events/Approvals issue resumes it. Until then
-            # it is recorded as failed-not-retryable so it never silently vanishes.
-            status, error, retryable = RunStatus.FAILED, error or "approval pending", False
+            # Parked for a human decision: finish parks the occurrence and creates the
+            # Approval; the decision requeues it. Not a failure, and not a retry.
+            status, retryable = RunStatus.WAITING_APPROVAL, False
         return queue.Outcome(
             claimed=claimed, status=status, output=output, error=error, retryable=retryable,
             max_retries=task.max_retries, backoff_strategy=task.backoff_strategy,
