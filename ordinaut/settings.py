@@ -274,6 +274,14 @@ LLM_MODEL = env.str("LLM_MODEL", default="gpt-4o-mini")
 # are never stored in runs and are redacted from logs and outputs.
 PIPELINE_SECRETS: dict[str, str] = {}
 
+# -- events, outbox, approvals -----------------------------------------------------------------
+EVENT_MAX_PAYLOAD_BYTES = env.int("EVENT_MAX_PAYLOAD_BYTES", default=256 * 1024)
+OUTBOX_STREAM = env.str("OUTBOX_STREAM", default="ordinaut:events:out")
+OUTBOX_STREAM_MAXLEN = env.int("OUTBOX_STREAM_MAXLEN", default=100_000)
+OUTBOX_RELAY_BATCH = env.int("OUTBOX_RELAY_BATCH", default=1000)
+APPROVAL_DEFAULT_EXPIRES_SECONDS = env.int("APPROVAL_DEFAULT_EXPIRES_SECONDS", default=86400)
+APPROVALS_ALLOW_SELF_DECISION = env.bool("APPROVALS_ALLOW_SELF_DECISION", default=False)
+
 # -- logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOGGING = {
