@@ -9,6 +9,8 @@ value is known only when the step runs).
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,13 +53,37 @@ def step_name(step: dict[str, Any], index: int) -> str:
 
 
 def validate_structure(payload: Any) -> dict:
-    """The schema and unique-name checks only (no tools, no database); raises InvalidInput."""
-    problems = _Problems()
-    _check_schema(payload, problems)
-    problems.raise_if_any()
-    _check_names(payload["pipeline"], problems)
-    problems.raise_if_any()
+    """The schema and unique-name checks only (no tools, no database); raises InvalidInput.
+
+    The worker calls this for every run of a task whose payload rarely changes, so the
+    verdict is cached by the payload's canonical JSON (a full schema walk costs far more).
+    """
+    try:
+        text = json.dumps(payload, sort_keys=True)
+    except (TypeError, ValueError):
+        text = None  # not JSON data: validate it uncached (and it will be refused)
+    problem = _structure_problem(text) if text is not None else _check_structure(payload)
+    if problem is not None:
+        raise InvalidInput(problem[0], details=dict(problem[1]))
     return payload
+
+
+@functools.lru_cache(maxsize=1024)
+def _structure_problem(text: str) -> tuple[str, dict] | None:
+    return _check_structure(json.loads(text))
+
+
+def _check_structure(payload: Any) -> tuple[str, dict] | None:
+    """(message, details) of the first failing check, or None when the payload is sound."""
+    problems = _Problems()
+    try:
+        _check_schema(payload, problems)
+        problems.raise_if_any()
+        _check_names(payload["pipeline"], problems)
+        problems.raise_if_any()
+    except InvalidInput as exc:
+        return exc.message, exc.details
+    return None
 
 
 def validate_payload(payload: Any, *, scopes: list[str] | None = None) -> dict:

@@ -201,6 +201,10 @@ class Occurrence(models.Model):
                 name="occurrence_claim_idx",
                 condition=Q(state="queued"),
             ),
+            # An idle worker sleeps until the earliest queued run_at (min over this index).
+            models.Index(
+                fields=["run_at"], name="occurrence_due_idx", condition=Q(state="queued")
+            ),
             # Reclaiming expired leases scans only leased rows.
             models.Index(
                 fields=["leased_until"], name="occurrence_lease_idx", condition=Q(state="leased")

@@ -174,6 +174,22 @@ def _claim_keyed(params: dict[str, Any]) -> Claimed | None:
     return Claimed(*row) if row else None
 
 
+# How long until the earliest queued occurrence is due (negative: already due), using the
+# partial index occurrence_due_idx. Reads only; an idle worker's timer.
+NEXT_DUE = """
+SELECT EXTRACT(EPOCH FROM min(run_at) - clock_timestamp()) FROM tasks_occurrence
+WHERE state = 'queued'
+"""
+
+
+def seconds_until_next_due() -> float | None:
+    """Seconds until the earliest queued run_at (<= 0 when due now); None when none is queued."""
+    with _cursor() as cursor:
+        cursor.execute(NEXT_DUE)
+        (seconds,) = cursor.fetchone()
+    return None if seconds is None else float(seconds)
+
+
 # -- heartbeat, release, reclaim ----------------------------------------------------------------
 
 # Extend our leases. Conditional on owner and state: a lease another worker reclaimed is

@@ -296,10 +296,20 @@ class Worker:
     # -- waiting, heartbeats, shutdown --------------------------------------------------------
 
     def _wait_for_work(self, stop: threading.Event) -> None:
-        """Sleep until NOTIFY, the poll interval, or (when busy) a finished run."""
+        """Sleep until NOTIFY, the next queued run_at, or the poll interval.
+
+        NOTIFY covers work inserted due; the run_at timer covers work queued ahead of time
+        (the scheduler's look-ahead, retry backoffs), so it starts on time, not on a poll.
+        """
         if self._in_flight:
             return  # _collect already blocked briefly on results
-        deadline = time.monotonic() + self.poll_interval
+        wait = self.poll_interval
+        due_in = queue.seconds_until_next_due()
+        if due_in is not None and due_in > 0:
+            # Due rows that could not be claimed (a busy concurrency key, locked by another
+            # worker) give due_in <= 0: those wait for a NOTIFY or the poll instead.
+            wait = min(wait, due_in + 0.001)
+        deadline = time.monotonic() + wait
         while not stop.is_set() and time.monotonic() < deadline:
             notes = self._listener.notifies(
                 timeout=min(0.5, deadline - time.monotonic()), stop_after=1

@@ -236,13 +236,13 @@ def test_linear_and_fixed_backoff_are_capped(settings):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_insert_of_due_work_notifies_listeners(task):
+def test_queueing_work_notifies_listeners(task):
     from ordinaut.database import raw_connection
 
     with raw_connection() as listener:
         listener.execute("LISTEN ordinaut_occurrences")
-        due(task, seconds_ago=-3600)  # not due: no wake-up
+        due(task, state="dead")  # nothing to run: no wake-up
         assert list(listener.notifies(timeout=0.3)) == []
-        due(task)  # due now: one notification, after commit
+        due(task, seconds_ago=-3600)  # queued (even for later): one notification, at commit
         notes = list(listener.notifies(timeout=2, stop_after=1))
     assert [n.channel for n in notes] == ["ordinaut_occurrences"]

@@ -234,3 +234,39 @@ def test_each_run_logs_one_json_line(test_database_url):
     assert len(runs) == 3
     assert {r["outcome"] for r in runs} == {"succeeded"}
     assert all(r["correlation_id"] and r["duration_ms"] >= 0 for r in runs)
+
+
+def test_idle_worker_starts_future_work_at_its_run_at_not_at_the_next_poll(test_database_url):
+    # A 30 s poll: only the run_at timer (or a wake-up) can start the run in time.
+    proc = start_worker(test_database_url, "--poll-interval", "30")
+    try:
+        from tasks.models import WorkerHeartbeat
+
+        wait_for(WorkerHeartbeat.objects.exists, 30, "worker did not start")
+        time.sleep(0.5)  # asleep now
+        task = make(ECHO)
+        run_at = timezone.now() + timedelta(seconds=2)
+        Occurrence.objects.create(task=task, scheduled_for=run_at, run_at=run_at, priority=5)
+        wait_for(lambda: Run.objects.filter(task=task).exists(), 15, "never started")
+        started = Run.objects.get(task=task).started_at
+        assert run_at <= started < run_at + timedelta(seconds=5)
+    finally:
+        code, output = stop(proc)
+    assert code == 0, output
+
+
+def test_idle_worker_is_woken_by_due_work_not_the_poll(test_database_url):
+    proc = start_worker(test_database_url, "--poll-interval", "30")
+    try:
+        from tasks.models import WorkerHeartbeat
+
+        wait_for(WorkerHeartbeat.objects.exists, 30, "worker did not start")
+        time.sleep(0.5)
+        task = make(ECHO)
+        enqueue(task, 1)  # due now: the insert trigger NOTIFYs
+        created = timezone.now()
+        wait_for(lambda: Run.objects.filter(task=task).exists(), 15, "never woken")
+        assert Run.objects.get(task=task).started_at - created < timedelta(seconds=5)
+    finally:
+        code, output = stop(proc)
+    assert code == 0, output
