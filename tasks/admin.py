@@ -17,6 +17,8 @@ from tasks.models import (
     SkippedOccurrence,
     Task,
     TaskStatus,
+    WebhookAttempt,
+    WebhookDelivery,
     WorkerHeartbeat,
 )
 
@@ -222,3 +224,45 @@ class ApprovalAdmin(ReadOnlyAdmin):
 
     def has_decide_permission(self, request) -> bool:  # noqa: ANN001
         return request.user.is_active and request.user.is_staff
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    """Every HTTP attempt of a delivery, as recorded; history is never edited."""
+
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    fields = ["number", "started_at", "duration_ms", "status_code", "error", "response_excerpt"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id", "event_type", "agent", "url", "status", "attempts", "last_status_code",
+        "next_attempt_at", "created_at", "delivered_at",
+    ]  # fmt: skip
+    list_filter = ["status", "event_type", "created_at"]
+    search_fields = ["url", "agent__name", "last_error", "id"]
+    date_hierarchy = "created_at"
+    list_select_related = ["agent"]
+    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+    inlines = [WebhookAttemptInline]
+
+
+@admin.register(WebhookAttempt)
+class WebhookAttemptAdmin(ReadOnlyAdmin):
+    list_display = ["delivery", "number", "started_at", "status_code", "duration_ms", "error"]
+    list_filter = ["status_code", "started_at"]
+    search_fields = ["delivery__url", "error"]
+    list_select_related = ["delivery"]
+    readonly_fields = [f.name for f in WebhookAttempt._meta.fields]

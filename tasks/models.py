@@ -202,9 +202,7 @@ class Occurrence(models.Model):
                 condition=Q(state="queued"),
             ),
             # An idle worker sleeps until the earliest queued run_at (min over this index).
-            models.Index(
-                fields=["run_at"], name="occurrence_due_idx", condition=Q(state="queued")
-            ),
+            models.Index(fields=["run_at"], name="occurrence_due_idx", condition=Q(state="queued")),
             # Reclaiming expired leases scans only leased rows.
             models.Index(
                 fields=["leased_until"], name="occurrence_lease_idx", condition=Q(state="leased")
@@ -434,6 +432,10 @@ class Event(models.Model):
 # -- events out -------------------------------------------------------------------------------
 
 
+# Run outcomes an agent's webhook receives (outbox message types).
+WEBHOOK_EVENT_TYPES = ["run.succeeded", "run.failed", "run.timed_out", "run.dead"]
+
+
 class OutboxMessage(models.Model):
     """A lifecycle change, written in the transaction that made it; the relay publishes it.
 
@@ -449,12 +451,22 @@ class OutboxMessage(models.Model):
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=now)
     sent_at = models.DateTimeField(null=True, blank=True)
+    # When tasks/webhooks.py turned this run outcome into deliveries (NULL: not yet).
+    webhooked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
         indexes = [
             # The relay's scan: only the unsent backlog, however much history is kept.
-            models.Index(fields=["id"], name="outbox_unsent_idx", condition=Q(sent_at__isnull=True))
+            models.Index(
+                fields=["id"], name="outbox_unsent_idx", condition=Q(sent_at__isnull=True)
+            ),
+            # The webhook fan-out's scan: run outcomes not yet turned into deliveries.
+            models.Index(
+                fields=["id"],
+                name="outbox_unwebhooked_idx",
+                condition=Q(webhooked_at__isnull=True, type__in=WEBHOOK_EVENT_TYPES),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -514,3 +526,95 @@ class Approval(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step_id}: {self.prompt[:40]} ({self.status})"
+
+
+# -- webhooks ---------------------------------------------------------------------------------
+
+
+class WebhookStatus(models.TextChoices):
+    PENDING = "pending"  # waiting for its next attempt (next_attempt_at)
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    FAILED = "failed"  # refused target, or no 2xx within WEBHOOK_RETRY_WINDOW_SECONDS
+
+
+class WebhookDelivery(models.Model):
+    """One run outcome to POST to one agent's webhook_url, retried until delivered or failed."""
+
+    id = models.BigAutoField(primary_key=True)
+    outbox_message = models.ForeignKey(
+        OutboxMessage, on_delete=models.PROTECT, related_name="webhook_deliveries"
+    )
+    agent = models.ForeignKey(
+        "agents.Agent", on_delete=models.CASCADE, related_name="webhook_deliveries"
+    )
+    # Copied when the delivery is created: later edits of the agent do not redirect it.
+    url = models.URLField(max_length=2000)
+    event_type = models.CharField(max_length=64)
+    payload = models.JSONField()
+    status = models.CharField(
+        max_length=16, choices=WebhookStatus.choices, default=WebhookStatus.PENDING
+    )
+    attempts = models.SmallIntegerField(default=0)
+    # When it may be (re)sent; a sender's claim moves it ahead by a lease, so a crashed
+    # sender's delivery is retried once the lease is over.
+    next_attempt_at = models.DateTimeField(default=now)
+    last_status_code = models.SmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            # The sender's claim: only pending deliveries, in due order.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="webhook_due_idx",
+                condition=Q(status="pending"),
+            ),
+            models.Index(fields=["agent", "-created_at"], name="webhook_agent_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["outbox_message", "agent"], name="webhook_once_per_message_agent"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=WebhookStatus.values), name="webhook_status_valid"
+            ),
+            models.CheckConstraint(condition=Q(attempts__gte=0), name="webhook_attempts_nonneg"),
+            # Delivered exactly when it has a delivery time.
+            models.CheckConstraint(
+                condition=Q(status="delivered", delivered_at__isnull=False)
+                | (~Q(status="delivered") & Q(delivered_at__isnull=True)),
+                name="webhook_delivered_iff_time",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} → {self.url} ({self.status})"
+
+
+class WebhookAttempt(models.Model):
+    """One HTTP POST of a delivery: what the receiver answered, or why there was no answer."""
+
+    id = models.BigAutoField(primary_key=True)
+    delivery = models.ForeignKey(
+        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log"
+    )
+    number = models.SmallIntegerField()
+    started_at = models.DateTimeField()
+    duration_ms = models.FloatField(default=0)
+    status_code = models.SmallIntegerField(null=True, blank=True)
+    # Connection error, timeout or refused target; empty when the receiver answered.
+    error = models.TextField(blank=True, default="")
+    response_excerpt = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["delivery", "number"], name="webhook_attempt_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number}: {self.status_code or self.error[:40]}"

@@ -298,17 +298,20 @@ class Scheduler:
     # -- housekeeping outside the tick's transactions ------------------------------------------
 
     def housekeeping(self) -> None:
-        """Relay the outbox to Redis and expire overdue approvals (once per tick).
+        """Relay the outbox, expire approvals, read inbound events, send webhooks (per tick).
 
         Redis being down never stops scheduling: the outbox keeps the backlog. Database
-        errors propagate to the loop like the tick's own.
+        errors propagate to the loop like the tick's own; the inbound stream and webhooks
+        are side channels whose errors are logged and retried next tick.
         """
-        from tasks import outbox
+        from tasks import outbox, streams, webhooks
 
         if self._redis is None:
             self._redis = outbox.redis_client()
         outbox.relay_safely(self._redis)
         self._expire_approvals()
+        streams.consume_safely(self._redis, consumer=self.name)
+        webhooks.deliver_webhooks_safely()
 
     def _expire_approvals(self) -> None:
         try:

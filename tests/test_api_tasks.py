@@ -355,3 +355,14 @@ def test_schedule_preview_rejects_invalid_rrule(owner):
         422,
     )
     assert "schedule_expr" in error["details"]
+
+
+def test_nul_character_anywhere_in_a_body_is_a_422_and_nothing_is_stored(owner):
+    # PostgreSQL cannot store U+0000: refused by name, never a 500 at INSERT time.
+    _, api = owner
+    before = Task.objects.count()
+    titled = api.post("/tasks", task_body(title="nul \u0000 here"))
+    assert "title" in assert_error(titled, 422)["details"]
+    nested = task_body(payload={"params": {"x": "a\u0000b"}, "pipeline": []})
+    assert "payload" in assert_error(api.post("/tasks", nested), 422)["details"]
+    assert Task.objects.count() == before
