@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -53,3 +54,42 @@ def raw_connection(alias: str = "default", *, autocommit: bool = True):  # noqa:
 
     params = connections[alias].get_connection_params()
     return psycopg.connect(**params, autocommit=autocommit)
+
+
+class Listener:
+    """A LISTEN session on its own autocommit connection, for one channel.
+
+    The scheduler and the workers sleep on it. A broken connection (database restart)
+    surfaces as psycopg.Error from `connect` or `wait`; `close` then drops it and the next
+    `connect` starts afresh.
+    """
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self._conn = None
+
+    def connect(self) -> None:
+        """LISTEN now (idempotent), so NOTIFYs sent from here on are kept for `wait`."""
+        if self._conn is None or self._conn.closed:
+            self._conn = raw_connection(autocommit=True)
+            self._conn.execute(f"LISTEN {self.channel}")
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to `timeout` seconds for a NOTIFY; True if one came (others are drained)."""
+        self.connect()
+        notes = self._conn.notifies(timeout=max(0.0, timeout), stop_after=1)
+        woken = next(notes, None) is not None
+        # Close the generator before anything else: it holds the connection's lock.
+        notes.close()
+        if woken:
+            # One wake-up serves any number of notifications: drain what else arrived.
+            for _ in self._conn.notifies(timeout=0.01):
+                pass
+        return woken
+
+    def close(self) -> None:
+        """Drop the connection (closing one whose server went away may itself fail)."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None

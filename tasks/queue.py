@@ -27,19 +27,12 @@ from tasks.models import BackoffStrategy
 
 # -- claim ------------------------------------------------------------------------------------
 
-# Claim a batch of due, queued occurrences without a concurrency key, most urgent first.
-# The inner SELECT ... FOR UPDATE SKIP LOCKED locks the rows it returns and skips rows other
-# workers hold, so two workers claiming at once get disjoint batches; the outer UPDATE then
-# leases exactly those rows, and the INSERT records the attempt's Run in the same statement.
-# (Raw SQL: the ORM cannot express UPDATE ... RETURNING feeding an INSERT in one round trip.)
-CLAIM = """
-WITH picked AS (
-    SELECT id FROM tasks_occurrence
-    WHERE state = 'queued' AND run_at <= statement_timestamp() AND concurrency_key IS NULL
-    ORDER BY priority DESC, run_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), leased AS (
+# Lease the rows `picked` selected and start their attempts, in the same statement: the
+# UPDATE leases exactly the locked rows, the INSERT records each attempt's Run, and the
+# outbox gets run.started (see tasks/outbox.py). Shared by both claims below, which differ
+# only in how they pick. (Raw SQL: the ORM cannot chain UPDATE ... RETURNING into INSERTs.)
+_LEASE_PICKED = """
+, leased AS (
     UPDATE tasks_occurrence AS o
     SET state = 'leased', lease_owner = %(owner)s, attempt = o.attempt + 1,
         leased_until = statement_timestamp() + make_interval(secs => %(lease)s)
@@ -57,7 +50,6 @@ WITH picked AS (
     FROM leased
     RETURNING id, task_id, occurrence_id, correlation_id, started_at
 ), started AS (
-    -- The outbox's run.started, committed with the lease (see tasks/outbox.py).
     INSERT INTO tasks_outboxmessage (type, task_id, run_id, data, created_at)
     SELECT 'run.started', task_id, id, '{}'::jsonb, clock_timestamp() FROM runs
 )
@@ -67,11 +59,24 @@ FROM leased l JOIN runs r ON r.occurrence_id = l.id
 ORDER BY l.priority DESC, l.run_at
 """
 
+# Claim a batch of due, queued occurrences without a concurrency key, most urgent first.
+# SELECT ... FOR UPDATE SKIP LOCKED locks the rows it returns and skips rows other workers
+# hold, so two workers claiming at once get disjoint batches.
+_PICK_UNKEYED = """
+WITH picked AS (
+    SELECT id FROM tasks_occurrence
+    WHERE state = 'queued' AND run_at <= statement_timestamp() AND concurrency_key IS NULL
+    ORDER BY priority DESC, run_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)"""
+CLAIM = _PICK_UNKEYED + _LEASE_PICKED
+
 # Claim ONE due occurrence that has a concurrency key, whose key is not leased right now.
 # The NOT EXISTS skips keys visibly running; two workers racing for the same key are
 # settled by the partial unique index occurrence_one_leased_per_key: the loser's UPDATE
 # fails with a unique violation (caught in a savepoint), so never two leased per key.
-CLAIM_KEYED = """
+_PICK_KEYED = """
 WITH picked AS (
     SELECT id FROM tasks_occurrence AS o
     WHERE state = 'queued' AND run_at <= statement_timestamp() AND concurrency_key IS NOT NULL
@@ -82,32 +87,8 @@ WITH picked AS (
     ORDER BY priority DESC, run_at
     LIMIT 1
     FOR UPDATE SKIP LOCKED
-), leased AS (
-    UPDATE tasks_occurrence AS o
-    SET state = 'leased', lease_owner = %(owner)s, attempt = o.attempt + 1,
-        leased_until = statement_timestamp() + make_interval(secs => %(lease)s)
-    WHERE o.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING o.id, o.task_id, o.scheduled_for, o.run_at, o.attempt, o.trigger,
-              o.correlation_id, o.priority, o.leased_until, o.event_id
-), runs AS (
-    INSERT INTO tasks_run (id, task_id, occurrence_id, scheduled_for, attempt, trigger,
-                           lease_owner, leased_until, status, started_at, steps,
-                           correlation_id, created_at)
-    SELECT gen_random_uuid(), task_id, id, scheduled_for, attempt, trigger, %(owner)s,
-           leased_until, 'running', clock_timestamp(), '[]'::jsonb,
-           CASE WHEN correlation_id = '' THEN md5(random()::text) ELSE correlation_id END,
-           clock_timestamp()
-    FROM leased
-    RETURNING id, task_id, occurrence_id, correlation_id, started_at
-), started AS (
-    -- The outbox's run.started, committed with the lease (see tasks/outbox.py).
-    INSERT INTO tasks_outboxmessage (type, task_id, run_id, data, created_at)
-    SELECT 'run.started', task_id, id, '{}'::jsonb, clock_timestamp() FROM runs
-)
-SELECT l.id, l.task_id, l.scheduled_for, l.run_at, l.attempt, l.trigger, l.priority,
-       r.id, r.correlation_id, r.started_at, l.event_id
-FROM leased l JOIN runs r ON r.occurrence_id = l.id
-"""
+)"""
+CLAIM_KEYED = _PICK_KEYED + _LEASE_PICKED
 
 
 @dataclass

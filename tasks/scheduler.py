@@ -32,7 +32,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from ordinaut.database import raw_connection
+from ordinaut.database import Listener
 from tasks import schedules
 from tasks.models import MisfirePolicy, SchedulerHeartbeat, SkipReason
 from tasks.services import SCHEDULER_CHANNEL, WORKER_CHANNEL, record_skipped
@@ -181,7 +181,7 @@ class Scheduler:
         self.catchup_max = min(settings.SCHEDULER_CATCHUP_MAX, schedules.MAX_OCCURRENCES - 1)
         self.clock = clock
         self.name = name or f"scheduler@{socket.gethostname()}:{os.getpid()}"
-        self._listener = None
+        self._listener = Listener(SCHEDULER_CHANNEL)
         self._redis = None
         self._started = timezone.now()
         self._ticks = 0
@@ -329,7 +329,7 @@ class Scheduler:
             try:
                 if not once:
                     # Listen before the first tick so no change made during it is missed.
-                    self._ensure_listener()
+                    self._listener.connect()
                 started = time.monotonic()
                 result = self.tick()
                 self.housekeeping()
@@ -350,7 +350,7 @@ class Scheduler:
                 self._reset_connections()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
-        self._close_listener()
+        self._listener.close()
 
     def _sleep(self, stop: threading.Event) -> None:
         """Wait for the next due task, a NOTIFY from a task change, or the poll interval."""
@@ -363,38 +363,15 @@ class Scheduler:
             wait = max(0.0, min(wait, until_due))
         if wait <= 0 or stop.is_set():
             return
-        listener = self._ensure_listener()
         deadline = time.monotonic() + wait
         # Wake in short slices so a stop request is honoured quickly.
         while not stop.is_set():
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._listener.wait(min(left, 0.5)):
                 return
-            notes = listener.notifies(timeout=min(left, 0.5), stop_after=1)
-            woken = next(notes, None) is not None
-            # Close it before draining: the generator holds the connection's lock.
-            notes.close()
-            if woken:
-                # Drain what else arrived: one tick serves any number of notifications.
-                for _ in listener.notifies(timeout=0.01):
-                    pass
-                return
-
-    def _ensure_listener(self):  # noqa: ANN202
-        if self._listener is None or self._listener.closed:
-            self._listener = raw_connection(autocommit=True)
-            self._listener.execute(f"LISTEN {SCHEDULER_CHANNEL}")
-        return self._listener
-
-    def _close_listener(self) -> None:
-        if self._listener is not None:
-            # Closing a connection whose server went away may itself fail; it is gone anyway.
-            with contextlib.suppress(Exception):
-                self._listener.close()
-            self._listener = None
 
     def _reset_connections(self) -> None:
-        self._close_listener()
+        self._listener.close()
         with contextlib.suppress(DatabaseError):
             connection.close()
 

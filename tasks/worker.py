@@ -26,7 +26,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from ordinaut.correlation import reset_correlation_id, set_correlation_id
-from ordinaut.database import raw_connection
+from ordinaut.database import Listener
 from tasks import queue
 from tasks.models import Event, Run, RunStatus, Task, WorkerHeartbeat
 from tasks.services import WORKER_CHANNEL
@@ -94,7 +94,7 @@ class Worker:
         # Moving average of run durations (seconds); starts pessimistic (slow pipelines).
         self._avg_run_seconds = 1.0
         self._tasks: dict[Any, Task] = {}
-        self._listener: psycopg.Connection | None = None
+        self._listener = Listener(WORKER_CHANNEL)
         self._started = timezone.now()
         self._processed = 0
         self._last_beat = 0.0
@@ -107,7 +107,7 @@ class Worker:
         backoff = 0.5
         while not stop.is_set():
             try:
-                self._ensure_listener()
+                self._listener.connect()
                 worked = self.run_once()
                 backoff = 0.5
                 if self.burst and not worked and not self._in_flight:
@@ -310,19 +310,11 @@ class Worker:
             # worker) give due_in <= 0: those wait for a NOTIFY or the poll instead.
             wait = min(wait, due_in + 0.001)
         deadline = time.monotonic() + wait
-        while not stop.is_set() and time.monotonic() < deadline:
-            notes = self._listener.notifies(
-                timeout=min(0.5, deadline - time.monotonic()), stop_after=1
-            )
-            woken = next(notes, None) is not None
-            notes.close()  # it holds the connection's lock
-            if woken:
+        # Wake in short slices so a stop request is honoured quickly.
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._listener.wait(min(left, 0.5)):
                 return
-
-    def _ensure_listener(self) -> None:
-        if self._listener is None or self._listener.closed:
-            self._listener = raw_connection(autocommit=True)
-            self._listener.execute(f"LISTEN {WORKER_CHANNEL}")
 
     def _heartbeat(self) -> None:
         self._last_beat = time.monotonic()
@@ -375,19 +367,13 @@ class Worker:
         with contextlib.suppress(DatabaseError, psycopg.Error):
             WorkerHeartbeat.objects.filter(id=self.name).delete()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._close_listener()
+        self._listener.close()
 
     def threads_still_running(self) -> bool:
         """True when a pipeline thread is stuck past shutdown (the caller may hard-exit)."""
         return any(t.name.startswith("run") and t.is_alive() for t in threading.enumerate())
 
-    def _close_listener(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                self._listener.close()
-            self._listener = None
-
     def _reset_connections(self) -> None:
-        self._close_listener()
+        self._listener.close()
         with contextlib.suppress(DatabaseError):
             connection.close()
