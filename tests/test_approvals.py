@@ -30,7 +30,7 @@ PIPELINE = {
         {
             "id": "approval",
             "uses": "approval.request",
-            "with": {"message": "Send the report?", "data": "${steps.draft.items}"},
+            "with": {"prompt": "Send the report?", "context": "${steps.draft.items}"},
         },
         {
             "id": "send",
@@ -94,8 +94,8 @@ def test_approve_resumes_the_run_at_the_next_step(parked, decider):
     assert second.status == RunStatus.SUCCEEDED, second.error
     assert [s["status"] for s in second.steps] == ["reused", "succeeded", "succeeded"]
     decision = second.steps[1]["output"]
-    assert (decision["status"], decision["decided_by"], decision["comment"]) == (
-        "approved", agent.name, "ship it",
+    assert (decision["approved"], decision["decided_by"], decision["comment"]) == (
+        True, agent.name, "ship it",
     )  # fmt: skip
     assert second.output["steps"]["send"] == {"sent": [1, 2]}
     assert not Occurrence.objects.filter(pk=occurrence.pk).exists()
@@ -103,14 +103,17 @@ def test_approve_resumes_the_run_at_the_next_step(parked, decider):
     assert (audit.actor_name, audit.details["comment"]) == (agent.name, "ship it")
 
 
-def test_reject_resumes_the_run_with_the_step_rejected(parked, decider):
-    task, _, approval = parked
-    _, api = decider
+def test_reject_fails_the_approval_step_and_the_run(parked, decider):
+    task, occurrence, approval = parked
+    agent, api = decider
     assert api.post(f"/approvals/{approval.id}/reject", {"comment": "no"}).status_code == 200
     work()
     second = Run.objects.get(task=task, attempt=2)
-    assert second.steps[1]["output"]["status"] == "rejected"
-    assert second.steps[2]["status"] == "skipped"
+    assert second.status == RunStatus.FAILED
+    assert [s["status"] for s in second.steps] == ["reused", "failed"]
+    assert f"approval rejected by {agent.name}: no" in second.steps[1]["error"]
+    # Not retryable: the same decision would come back.
+    assert Occurrence.objects.get(pk=occurrence.pk).state == "dead"
 
 
 def test_deciding_twice_is_409(parked, decider):
@@ -150,8 +153,8 @@ def test_expiry_by_the_scheduler_resumes_the_run_as_expired(parked, decider):
     assert_error(api.post(f"/approvals/{approval.id}/approve"), 409)
     work()
     second = Run.objects.get(task=task, attempt=2)
-    assert second.steps[1]["output"]["status"] == "expired"
-    assert second.steps[2]["status"] == "skipped"
+    assert second.status == RunStatus.FAILED
+    assert "approval expired" in second.steps[1]["error"]
 
 
 def test_pending_but_past_its_expiry_cannot_be_decided(parked):
