@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -409,7 +409,8 @@ def finish(owner: str, outcomes: list[Outcome]) -> dict[str, int]:
             cursor.execute(PARK, {"rows": json.dumps(parked, default=str), "owner": owner})
         if again:
             rows = [
-                {**row, "run_at": (now + _seconds(row.pop("delay"))).isoformat()} for row in again
+                {**row, "run_at": (now + timedelta(seconds=row.pop("delay"))).isoformat()}
+                for row in again
             ]
             cursor.execute(REQUEUE_OR_BURY, {"rows": json.dumps(rows), "owner": owner})
             for _, state in cursor.fetchall():
@@ -457,12 +458,6 @@ def resume(occurrence_id: int) -> bool:
     with _cursor() as cursor:
         cursor.execute(RESUME, {"id": occurrence_id})
         return cursor.rowcount == 1
-
-
-def _seconds(value: float):  # noqa: ANN202
-    from datetime import timedelta
-
-    return timedelta(seconds=value)
 
 
 # -- dead letters -------------------------------------------------------------------------------

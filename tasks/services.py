@@ -12,7 +12,6 @@ import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -579,11 +578,6 @@ def occurrence_rerun_dead(*, occurrence_ids: list[int], actor: Actor) -> list[in
                 details={"occurrences": list(occurrence_ids), "requeued": len(new_ids)},
             )
     return new_ids
-
-
-def local_time(instant: datetime, tz: str) -> datetime:
-    """`instant` in zone `tz` (for messages and the admin)."""
-    return instant.astimezone(ZoneInfo(tz))
 
 
 # -- events -----------------------------------------------------------------------------------
