@@ -8,18 +8,22 @@ agent id — the original project's `Bearer <agent-id>` — is not a credential 
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from django.db.models import Exists, Q
+from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from agents import tokens
 from agents.credentials import API_KEY_PREFIX, parse_key_id, verify_api_key
-from agents.models import Agent, Credential, CredentialKind, RevokedToken
+from agents.models import Agent, Credential, CredentialKind
+from ordinaut.database import ModelColumns
 from ordinaut.errors import WWW_AUTHENTICATE
 
 logger = logging.getLogger(__name__)
@@ -78,15 +82,44 @@ def authenticate_token(raw: str) -> tuple[Agent, Grant]:
     raise exceptions.AuthenticationFailed("Invalid token.")
 
 
+# Every authenticated request runs one of these, so they are written once (see ModelColumns)
+# rather than compiled by the ORM per request: the credential joined to its agent by the
+# unique key_id index; for a JWT also whether its id or its refresh token's id is revoked.
+_CREDENTIAL = ModelColumns(Credential)
+_AGENT = ModelColumns(Agent)
+
+
+@functools.cache
+def _credential_sql() -> str:
+    return (
+        f"SELECT {_CREDENTIAL.sql('c')}, {_AGENT.sql('a')}, "  # noqa: S608 (columns; values bound)
+        "EXISTS (SELECT 1 FROM agents_revokedtoken r WHERE r.jti = ANY(%(jtis)s)) "
+        "FROM agents_credential c JOIN agents_agent a ON a.id = c.agent_id "
+        "WHERE c.key_id = %(key_id)s AND c.kind = ANY(%(kinds)s) "
+        "AND (%(agent_id)s::uuid IS NULL OR c.agent_id = %(agent_id)s::uuid)"
+    )
+
+
+def _credential(
+    *, key_id: str, kinds: list[str], agent_id: Any = None, jtis: list[str] | None = None
+) -> tuple[Credential, bool] | None:
+    """(credential with its agent, whether one of `jtis` is revoked), or None."""
+    params = {"key_id": key_id, "kinds": kinds, "agent_id": agent_id, "jtis": jtis or []}
+    with connection.cursor() as cursor:
+        cursor.execute(_credential_sql(), params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    split = len(_CREDENTIAL.fields)
+    credential = _CREDENTIAL.instance(row[:split])
+    credential.agent = _AGENT.instance(row[split:-1])
+    return credential, row[-1]
+
+
 def _authenticate_api_key(raw: str) -> tuple[Agent, Grant]:
     key_id = parse_key_id(raw, API_KEY_PREFIX)
-    credential = (
-        Credential.objects.select_related("agent")
-        .filter(key_id=key_id, kind=CredentialKind.API_KEY)
-        .first()
-        if key_id
-        else None
-    )
+    found = _credential(key_id=key_id, kinds=[CredentialKind.API_KEY.value]) if key_id else None
+    credential = found[0] if found else None
     if credential is None or not verify_api_key(raw, credential.secret_hash):
         raise exceptions.AuthenticationFailed("Invalid token.")
     agent = _usable_agent(credential)
@@ -100,15 +133,16 @@ def _authenticate_jwt(raw: str) -> tuple[Agent, Grant]:
     except tokens.InvalidToken as exc:
         raise exceptions.AuthenticationFailed(f"Invalid token: {exc}.") from exc
     revoked_ids = [claims.jti] + ([claims.refresh_jti] if claims.refresh_jti else [])
-    credential = (
-        Credential.objects.select_related("agent")
-        .filter(key_id=claims.credential_key_id, agent_id=claims.agent_id)
-        .annotate(token_revoked=Exists(RevokedToken.objects.filter(jti__in=revoked_ids)))
-        .first()
+    found = _credential(
+        key_id=claims.credential_key_id,
+        kinds=CredentialKind.values,
+        agent_id=claims.agent_id,
+        jtis=revoked_ids,
     )
-    if credential is None:
+    if found is None:
         raise exceptions.AuthenticationFailed("Invalid token.")
-    if credential.token_revoked:
+    credential, token_revoked = found
+    if token_revoked:
         raise exceptions.AuthenticationFailed("Token has been revoked.")
     agent = _usable_agent(credential)
     # Scopes removed from the agent since the token was issued are gone at once.

@@ -6,16 +6,19 @@ object is reported as missing (NotFound), never as forbidden, so ids leak nothin
 
 from __future__ import annotations
 
+import functools
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.core.exceptions import ValidationError
+from django.db import connection
 from django.db.models import Avg, Count, F, Max, Q, QuerySet
 from django.utils import timezone
 
 from agents.models import Agent
+from ordinaut.database import ModelColumns
 from ordinaut.errors import InvalidInput, NotFound
 from tasks import schedules
 from tasks.models import FINISHED_RUN_STATUSES, Occurrence, OccurrenceState, Run, RunStatus, Task
@@ -57,12 +60,49 @@ def task_list(
     return queryset
 
 
+# Single-object reads are the API's hottest path, so their statements are written once
+# (see ModelColumns): the same primary-key lookup the ORM would build, plus the visibility
+# rule of task_queryset / run_queryset (own objects, or everything with admin).
+_TASK = ModelColumns(Task)
+_RUN = ModelColumns(Run)
+
+
+@functools.cache
+def _task_by_id_sql() -> str:
+    return (
+        f"SELECT {_TASK.sql('t')} FROM tasks_task t "  # noqa: S608 (model columns; values bound)
+        "WHERE t.id = %(id)s AND (%(admin)s OR t.created_by_id = %(agent)s)"
+    )
+
+
+@functools.cache
+def _run_by_id_sql() -> str:
+    return (
+        f"SELECT {_RUN.sql('r')} FROM tasks_run r "  # noqa: S608 (model columns; values bound)
+        "JOIN tasks_task t ON t.id = r.task_id "
+        "WHERE r.id = %(id)s AND (%(admin)s OR t.created_by_id = %(agent)s)"
+    )
+
+
+def _visible_one(sql: str, columns: ModelColumns, viewer: Viewer, object_id: Any) -> Any:
+    """The row `sql` finds for `object_id` as a model instance, or None (also for bad ids)."""
+    try:
+        object_id = object_id if isinstance(object_id, uuid.UUID) else uuid.UUID(str(object_id))
+    except ValueError:
+        return None
+    params = {"id": object_id, "admin": viewer.is_admin, "agent": viewer.agent.pk}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return columns.instance(row) if row is not None else None
+
+
 def task_get(viewer: Viewer, *, task_id: Any) -> Task:
     """A visible task; raise NotFound for a missing or someone else's task."""
-    try:
-        return task_queryset(viewer).get(pk=task_id)
-    except (Task.DoesNotExist, ValidationError, ValueError) as exc:
-        raise NotFound(f"Task {task_id} not found") from exc
+    task = _visible_one(_task_by_id_sql(), _TASK, viewer, task_id)
+    if task is None:
+        raise NotFound(f"Task {task_id} not found")
+    return task
 
 
 def queued_occurrence_count(*, task: Task) -> int:
@@ -103,10 +143,10 @@ def run_list(
 
 def run_get(viewer: Viewer, *, run_id: Any) -> Run:
     """A visible run; raise NotFound otherwise."""
-    try:
-        return run_queryset(viewer).get(pk=run_id)
-    except (Run.DoesNotExist, ValidationError, ValueError) as exc:
-        raise NotFound(f"Task run {run_id} not found") from exc
+    run = _visible_one(_run_by_id_sql(), _RUN, viewer, run_id)
+    if run is None:
+        raise NotFound(f"Task run {run_id} not found")
+    return run
 
 
 def run_latest(viewer: Viewer, *, task_id: Any) -> Run | None:
