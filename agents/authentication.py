@@ -1,8 +1,10 @@
 """Who is calling: `Authorization: Bearer <JWT or API key>` -> (Agent, Grant).
 
-Both paths cost one indexed query: the credential row joined to its agent (and, for a JWT,
-whether its id or its refresh token's id was revoked). An inactive agent, a revoked or
-expired credential and a revoked token are refused at once, whatever the token says. A bare
+Both paths need one indexed query — the credential row joined to its agent (and, for a JWT,
+whether its id or its refresh token's id was revoked) — which agents.auth_cache answers
+from memory until a change to agents, credentials or revoked tokens commits. An inactive
+agent, a revoked or expired credential and a revoked token are refused at once (see
+auth_cache for what "at once" means across processes), whatever the token says. A bare
 agent id — the original project's `Bearer <agent-id>` — is not a credential and is refused.
 """
 
@@ -21,6 +23,7 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from agents import tokens
+from agents.auth_cache import auth_cache
 from agents.credentials import API_KEY_PREFIX, parse_key_id, verify_api_key
 from agents.models import Agent, Credential, CredentialKind
 from ordinaut.database import ModelColumns
@@ -30,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # last_used_at is a hint for operators, so it is written at most this often per credential.
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
+# key_id -> when this process last wrote last_used_at (a plain dict: races only re-touch).
+_touched: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,17 @@ def _credential(
 ) -> tuple[Credential, bool] | None:
     """(credential with its agent, whether one of `jtis` is revoked), or None."""
     params = {"key_id": key_id, "kinds": kinds, "agent_id": agent_id, "jtis": jtis or []}
-    with connection.cursor() as cursor:
-        cursor.execute(_credential_sql(), params)
-        row = cursor.fetchone()
+
+    def load() -> tuple[Any, ...] | None:
+        with connection.cursor() as cursor:
+            cursor.execute(_credential_sql(), params)
+            return cursor.fetchone()
+
+    key = (key_id, tuple(kinds), agent_id, tuple(params["jtis"]))
+    row = auth_cache.lookup(key, load)
     if row is None:
         return None
+    # Fresh instances per request from the (immutable) row: requests never share objects.
     split = len(_CREDENTIAL.fields)
     credential = _CREDENTIAL.instance(row[:split])
     credential.agent = _AGENT.instance(row[split:-1])
@@ -162,6 +173,13 @@ def _touch(credential: Credential) -> None:
     now = timezone.now()
     if credential.last_used_at and now - credential.last_used_at < _LAST_USED_RESOLUTION:
         return
+    # A cached row keeps its old last_used_at: remember here that this process wrote it.
+    touched = _touched.get(credential.key_id)
+    if touched is not None and now - touched < _LAST_USED_RESOLUTION:
+        return
+    if len(_touched) >= 10_000:
+        _touched.clear()
+    _touched[credential.key_id] = now
     # Conditional, so concurrent requests write once and never move the time backwards.
     Credential.objects.filter(
         Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - _LAST_USED_RESOLUTION),

@@ -1,10 +1,13 @@
-"""Request middleware: correlation ids and the client address, for logs and the audit log."""
+"""Request middleware: correlation ids and the client address; browser sessions for the admin."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from django.conf import settings
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest, HttpResponse
 
 from ordinaut.correlation import (
@@ -50,3 +53,36 @@ def client_ip(request: HttpRequest) -> str | None:
         if first:
             return first[:64]
     return request.META.get("REMOTE_ADDR") or None
+
+
+# -- browser sessions: the admin only ---------------------------------------------------------
+# The API authenticates every request with a bearer token and never reads a session, a
+# message or request.user; only the admin (mounted at /admin/ in ordinaut/urls.py) does.
+# Skipping these three for everything else saves a noticeable share of a small API call.
+# They are subclasses, so Django's checks (admin.E408-E410) still recognise them.
+ADMIN_PREFIX = "/admin"
+
+
+def _for_admin(request: HttpRequest) -> bool:
+    return request.path_info.startswith(ADMIN_PREFIX)
+
+
+class AdminSessionMiddleware(SessionMiddleware):
+    """SessionMiddleware for the admin's URLs only."""
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return super().__call__(request) if _for_admin(request) else self.get_response(request)
+
+
+class AdminAuthenticationMiddleware(AuthenticationMiddleware):
+    """AuthenticationMiddleware (request.user from the session) for the admin's URLs only."""
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return super().__call__(request) if _for_admin(request) else self.get_response(request)
+
+
+class AdminMessageMiddleware(MessageMiddleware):
+    """MessageMiddleware (the admin's flash messages) for the admin's URLs only."""
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return super().__call__(request) if _for_admin(request) else self.get_response(request)

@@ -84,11 +84,11 @@ MIDDLEWARE = [
     "ordinaut.middleware.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "ordinaut.middleware.AdminSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "ordinaut.middleware.AdminAuthenticationMiddleware",
+    "ordinaut.middleware.AdminMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
@@ -219,6 +219,10 @@ SIMPLE_JWT = {
     "LEEWAY": 5,
     "UPDATE_LAST_LOGIN": False,
 }
+# Seconds a web process may reuse a credential lookup. Any change to agents, credentials or
+# revoked tokens drops the cache of every process when it commits (PostgreSQL NOTIFY), so
+# this only bounds the age of an entry; 0 looks every request up in the database.
+AUTH_CACHE_SECONDS = env.float("AUTH_CACHE_SECONDS", default=30.0)
 # Key of the HMAC that stores API keys. Derived from SECRET_KEY unless set, so a deployment
 # needs no extra secret; set it explicitly to rotate SECRET_KEY without invalidating keys.
 API_KEY_HMAC_SECRET = (

@@ -34,6 +34,10 @@ from ordinaut.settings import DATABASES  # noqa: E402
 # Django's test flush truncates every table; the audit trigger allows that only when this
 # setting is on, and only the test database's connections turn it on.
 DATABASES["default"]["OPTIONS"]["options"] = "-c ordinaut.audit_truncate=on"
+# Test transactions never commit, so they never NOTIFY: the per-process credential cache
+# would keep serving what a test just revoked. tests/test_auth_cache.py turns it on with
+# committed changes to check exactly that path.
+AUTH_CACHE_SECONDS = 0
 # A fast hasher keeps credential-heavy tests quick; production uses Django's default, which
 # stays listed so hashes written by child processes (production settings) still verify.
 PASSWORD_HASHERS = [

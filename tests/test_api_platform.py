@@ -171,3 +171,38 @@ def test_unknown_route_and_wrong_method_are_json_errors(api):
     assert response.json()["error"]["code"] == "not_found"
     _, key = agent_with_key()
     assert_error(api.as_(key).delete("/tasks"), 405, "method_not_allowed")
+
+
+# -- browser sessions belong to the admin only ------------------------------------------------
+
+
+def test_admin_login_with_csrf_and_session_works(django_user_model):
+    from django.test import Client
+
+    django_user_model.objects.create_superuser("operator", "op@example.com", "a long passphrase")
+    browser = Client(enforce_csrf_checks=True)
+    login_page = browser.get("/admin/login/")
+    assert login_page.status_code == 200
+    token = browser.cookies["csrftoken"].value
+    refused = browser.post("/admin/login/", {"username": "operator", "password": "x"})
+    assert refused.status_code == 403  # no CSRF token: CSRF protection still applies
+    response = browser.post(
+        "/admin/login/?next=/admin/",
+        {"username": "operator", "password": "a long passphrase", "csrfmiddlewaretoken": token},
+    )
+    assert response.status_code == 302
+    assert "sessionid" in browser.cookies
+    home = browser.get("/admin/")
+    assert home.status_code == 200
+    assert b"operator" in home.content
+
+
+def test_api_responses_never_touch_the_session(client, django_user_model):
+    user = django_user_model.objects.create_superuser("op", "op@example.com", "pw-pw-pw-pw")
+    client.force_login(user)  # a browser with an admin session calls the API
+    response = client.get("/health/live")
+    assert response.status_code == 200
+    assert "sessionid" not in response.cookies
+    assert "Cookie" not in response.get("Vary", "")
+    unauthenticated = client.get("/tasks")
+    assert unauthenticated.status_code == 401  # an admin session is not an API credential
