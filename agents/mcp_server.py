@@ -30,7 +30,6 @@ from ordinaut.api import page
 from ordinaut.correlation import new_correlation_id, reset_correlation_id, set_correlation_id
 from ordinaut.errors import Forbidden, OrdinautError, Unauthenticated
 from tasks import selectors, services
-from tasks.api import check_pipeline_scopes
 from tasks.models import TaskStatus
 from tasks.serializers import (
     ApprovalListQuerySerializer,
@@ -120,7 +119,6 @@ def _call(raw_token: str, required: str, work: Callable[[Caller], Any]) -> Any:
 def create_task_for(caller: Caller, fields: dict[str, Any]) -> dict[str, Any]:
     data = _validated(TaskCreateSerializer, fields)
     data.pop("created_by", None)  # over MCP the creator is always the caller
-    check_pipeline_scopes(data["payload"], caller.agent)
     data["timezone_name"] = data.pop("timezone", None) or settings.TIME_ZONE
     data.setdefault("dedupe_key", None)
     task, created = services.task_create_deduplicated(
@@ -132,8 +130,6 @@ def create_task_for(caller: Caller, fields: dict[str, Any]) -> dict[str, Any]:
 def update_task_for(caller: Caller, task_id: str, changes: dict[str, Any]) -> dict[str, Any]:
     task = selectors.task_get(caller.viewer, task_id=task_id)
     data = _validated(TaskUpdateSerializer, changes)
-    if "payload" in data:
-        check_pipeline_scopes(data["payload"], task.created_by)
     if data:
         task = services.task_update(task_id=task.id, changes=data, actor=caller.actor)
     return task_data(task)

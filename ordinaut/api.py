@@ -12,7 +12,10 @@ from typing import Any
 
 from django.db.models import QuerySet
 from rest_framework import exceptions, serializers
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import JSONParser
+from rest_framework.renderers import BaseRenderer
+from rest_framework.request import Request
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -31,6 +34,28 @@ class JSONBodyParser(JSONParser):
         except RecursionError as exc:
             # json.loads recurses per nesting level; "[[[[..." must be a 400, not a 500.
             raise exceptions.ParseError("JSON parse error - nested too deeply") from exc
+
+
+class JSONFirstNegotiation(DefaultContentNegotiation):
+    """DRF's negotiation, minus its media-type parsing for what every agent sends.
+
+    No Accept header, `*/*` or the first renderer's own type select the first renderer —
+    DRF's own answer for them — without parsing and ranking media types on each request;
+    anything else (including a type no renderer offers: 406) goes through DRF unchanged.
+    """
+
+    def select_renderer(
+        self, request: Request, renderers: list[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        accept = request.META.get("HTTP_ACCEPT", "")
+        first = renderers[0]
+        if (
+            accept in ("", "*/*", first.media_type)
+            and not format_suffix
+            and self.settings.URL_FORMAT_OVERRIDE not in request.query_params
+        ):
+            return first, first.media_type
+        return super().select_renderer(request, renderers, format_suffix)
 
 
 class StrictSerializer(serializers.Serializer):

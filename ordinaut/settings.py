@@ -188,6 +188,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "ordinaut.errors.api_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["ordinaut.api.JSONBodyParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "ordinaut.api.JSONFirstNegotiation",
     "DEFAULT_AUTHENTICATION_CLASSES": ["agents.authentication.AgentAuthentication"],
     # Deny by default: every view names its own permission classes and scope.
     "DEFAULT_PERMISSION_CLASSES": ["agents.permissions.HasScope"],

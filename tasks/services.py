@@ -278,6 +278,8 @@ def task_create_deduplicated(
         )
         return task, True
     now = fields.pop("now", None) or timezone.now()
+    # A duplicate returns the existing task, but only for a request that is valid itself.
+    validate_payload(fields.get("payload"), scopes=created_by.scopes)
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(

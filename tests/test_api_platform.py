@@ -173,6 +173,25 @@ def test_unknown_route_and_wrong_method_are_json_errors(api):
     assert_error(api.as_(key).delete("/tasks"), 405, "method_not_allowed")
 
 
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json", "application/*;q=0.9"])
+def test_json_is_served_to_clients_that_accept_it(client, accept):
+    _, key = agent_with_key()
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+    if accept is not None:
+        headers["HTTP_ACCEPT"] = accept
+    response = client.get("/tasks", **headers)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["items"] == []
+
+
+def test_unacceptable_media_type_or_format_is_refused_as_json(client):
+    _, key = agent_with_key()
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+    assert_error(client.get("/tasks", HTTP_ACCEPT="text/html", **auth), 406, "not_acceptable")
+    assert_error(client.get("/tasks?format=xml", **auth), 404)
+
+
 # -- browser sessions belong to the admin only ------------------------------------------------
 
 
