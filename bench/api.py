@@ -29,7 +29,7 @@ from common import ROOT, percentile, setup_django, start_database
 
 from ordinaut.embedded import EmbeddedRedis, free_port
 
-GUNICORN = ["--workers", "4", "--worker-class", "gthread", "--threads", "4"]
+GUNICORN = ["--workers", "5"]  # README: sync workers, 2 x cores + 1, behind a proxy
 CLIENT_PROCESSES = 4
 TASKS_STORED = 10_000
 RUNS_STORED = 2_000
