@@ -92,6 +92,7 @@ def hammer(port, method, path, headers, body, clients, count):
 
 def seed():
     """An agent with 10,000 active tasks and 2,000 runs; returns (jwt, api_key, a task id)."""
+    from django.db import connection
     from django.utils import timezone
 
     from agents.services import agent_create, credential_issue_api_key, token_exchange
@@ -118,6 +119,9 @@ def seed():
         )
         for i in range(RUNS_STORED)
     )  # fmt: skip
+    # Statistics as autovacuum would have them on a running system (bulk loads skip them).
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
     _, pair = token_exchange(agent_id=str(agent.id), agent_secret=secret)
     _, key = credential_issue_api_key(agent=agent, actor=actor)
     return pair.access, key, str(tasks[0].id)
