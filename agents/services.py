@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -356,3 +356,22 @@ def token_revoke(*, token: str) -> bool:
                 details={"token_type": claims.token_type, "jti": claims.jti},
             )
     return created
+
+
+# A revoked token's row only matters while the token itself could still be accepted; the
+# margin covers the JWT leeway and clock skew between hosts.
+_REVOKED_TOKEN_MARGIN = timedelta(hours=1)
+
+
+def revoked_tokens_prune(*, now: datetime | None = None) -> int:
+    """Delete revocation records of tokens expired long enough ago; return how many.
+
+    Deleting notifies every web process's credential cache (agents.auth_cache), so nothing
+    is deleted — and no cache dropped — when nothing is due.
+    """
+    cutoff = (now or timezone.now()) - _REVOKED_TOKEN_MARGIN
+    due = RevokedToken.objects.filter(expires_at__lt=cutoff)
+    if not due.exists():
+        return 0
+    deleted, _ = due.delete()
+    return deleted

@@ -284,6 +284,8 @@ EVENT_MAX_PAYLOAD_BYTES = env.int("EVENT_MAX_PAYLOAD_BYTES", default=256 * 1024)
 OUTBOX_STREAM = env.str("OUTBOX_STREAM", default="ordinaut:events:out")
 OUTBOX_STREAM_MAXLEN = env.int("OUTBOX_STREAM_MAXLEN", default=100_000)
 OUTBOX_RELAY_BATCH = env.int("OUTBOX_RELAY_BATCH", default=1000)
+# Published outbox rows are deleted after this long (the scheduler prunes them in batches).
+OUTBOX_RETENTION_SECONDS = env.int("OUTBOX_RETENTION_SECONDS", default=7 * 86400)
 APPROVAL_DEFAULT_EXPIRES_SECONDS = env.int("APPROVAL_DEFAULT_EXPIRES_SECONDS", default=86400)
 APPROVALS_ALLOW_SELF_DECISION = env.bool("APPROVALS_ALLOW_SELF_DECISION", default=False)
 # Unset: tasks/webhooks.py derives the signing key from SECRET_KEY.

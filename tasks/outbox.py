@@ -8,6 +8,9 @@ backlog waits and is published, in order, once it is back: at-least-once (a cras
 XADD and the commit that stamps sent_at publishes those messages again; consumers
 de-duplicate on the `outbox_id` field).
 
+Published messages are deleted after OUTBOX_RETENTION_SECONDS (outbox_prune, run by the
+scheduler's housekeeping).
+
 Order is id order. Relays are serialised by an advisory lock so two schedulers never
 interleave batches. (Ids come from a sequence: two transactions committing out of id order
 can still publish a lower id after a higher one; nothing is ever skipped.)
@@ -17,12 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
-from tasks.models import OutboxMessage
+from tasks.models import WEBHOOK_EVENT_TYPES, OutboxMessage
 
 logger = logging.getLogger(__name__)
 
@@ -116,3 +121,39 @@ def relay_safely(client: Any | None) -> int:
     except (redis.RedisError, OSError) as exc:
         logger.warning("outbox relay: Redis unavailable, backlog kept: %s", exc)
         return 0
+
+
+# -- retention --------------------------------------------------------------------------------
+
+# The oldest message: when it is younger than the cutoff there is nothing to prune, and the
+# scan below (which walks ids in order) is not run at all.
+OLDEST = "SELECT created_at FROM tasks_outboxmessage ORDER BY id LIMIT 1"
+
+# Published messages past the retention, oldest first, in bounded batches; a run outcome whose
+# webhooks were not fanned out yet stays whatever its age.
+PRUNE = """
+DELETE FROM tasks_outboxmessage WHERE id IN (
+    SELECT id FROM tasks_outboxmessage
+    WHERE created_at < %(cutoff)s AND sent_at < %(cutoff)s
+      AND NOT (webhooked_at IS NULL AND type = ANY(%(webhook_types)s))
+    ORDER BY id LIMIT %(batch)s
+)
+"""
+
+
+def outbox_prune(*, now: datetime | None = None, batch: int = 10_000) -> int:
+    """Delete published messages older than OUTBOX_RETENTION_SECONDS; return how many.
+
+    One batch per call (the scheduler calls it periodically); never an unsent message or a
+    run outcome still waiting for its webhooks. Consumers read the Redis stream, which keeps
+    its own MAXLEN; the table is the durable backlog, not the archive.
+    """
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.OUTBOX_RETENTION_SECONDS)
+    with connection.cursor() as cursor:
+        cursor.execute(OLDEST)
+        oldest = cursor.fetchone()
+        if oldest is None or oldest[0] >= cutoff:
+            return 0
+        params = {"cutoff": cutoff, "webhook_types": WEBHOOK_EVENT_TYPES, "batch": batch}
+        cursor.execute(PRUNE, params)
+        return cursor.rowcount

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 # Occurrences one task may enqueue per tick inside the look-ahead window (a SECONDLY rule).
 MAX_PER_TASK_PER_TICK = 100
+# Seconds between retention passes (tasks.outbox.outbox_prune, agents.revoked_tokens_prune).
+PRUNE_INTERVAL = 60.0
 _ONE_MICROSECOND = timedelta(microseconds=1)
 
 # Lock a batch of due, active tasks. SKIP LOCKED: a row another scheduler holds (or a
@@ -186,6 +188,7 @@ class Scheduler:
         self._started = timezone.now()
         self._ticks = 0
         self._enqueued = 0
+        self._next_prune = 0.0  # monotonic; the first housekeeping prunes
 
     # -- one tick -------------------------------------------------------------------------
 
@@ -298,7 +301,7 @@ class Scheduler:
     # -- housekeeping outside the tick's transactions ------------------------------------------
 
     def housekeeping(self) -> None:
-        """Relay the outbox, expire approvals, read inbound events, send webhooks (per tick).
+        """Relay the outbox, expire approvals, read events, send webhooks, prune (per tick).
 
         Redis being down never stops scheduling: the outbox keeps the backlog. Database
         errors propagate to the loop like the tick's own; the inbound stream and webhooks
@@ -312,6 +315,20 @@ class Scheduler:
         self._expire_approvals()
         streams.consume_safely(self._redis, consumer=self.name)
         webhooks.deliver_webhooks_safely()
+        self._prune()
+
+    def _prune(self) -> None:
+        """Retention, at most once per PRUNE_INTERVAL: published outbox rows, dead revocations."""
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_INTERVAL
+        from agents.services import revoked_tokens_prune
+        from tasks.outbox import outbox_prune
+
+        pruned = {"outbox": outbox_prune(), "revoked_tokens": revoked_tokens_prune()}
+        if any(pruned.values()):
+            logger.info("pruned history past retention", extra={"pruned": pruned})
 
     def _expire_approvals(self) -> None:
         try:

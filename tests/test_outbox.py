@@ -140,3 +140,57 @@ def test_redis_down_keeps_the_backlog_then_publishes_everything_in_order(stream,
     # everything written since arrives, in order.
     assert published[-4:] == ["while-down.0", "while-down.1", "while-down.2", "after"]
     assert not OutboxMessage.objects.filter(sent_at__isnull=True).exists()
+
+
+# -- retention --------------------------------------------------------------------------------
+
+
+def test_prune_deletes_only_published_messages_past_retention(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.OUTBOX_RETENTION_SECONDS = 3600
+    now = timezone.now()
+    old, recent = now - timedelta(hours=2), now - timedelta(minutes=5)
+
+    def message(type_: str, *, created: object, sent: object, webhooked: object = None) -> int:
+        return OutboxMessage.objects.create(
+            type=type_, created_at=created, sent_at=sent, webhooked_at=webhooked
+        ).id
+
+    gone = message("task.created", created=old, sent=old)
+    gone_outcome = message("run.succeeded", created=old, sent=old, webhooked=old)
+    kept = {
+        "unsent": message("task.created", created=old, sent=None),
+        "recently sent": message("task.created", created=old, sent=recent),
+        "recent": message("task.created", created=recent, sent=recent),
+        "webhooks pending": message("run.failed", created=old, sent=old),
+    }
+    assert outbox.outbox_prune(now=now) == 2
+    remaining = set(OutboxMessage.objects.values_list("id", flat=True))
+    assert remaining == set(kept.values())
+    assert not remaining & {gone, gone_outcome}
+    assert outbox.outbox_prune(now=now) == 0
+
+
+def test_scheduler_housekeeping_prunes_outbox_and_dead_revocations(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from agents.models import RevokedToken
+
+    settings.OUTBOX_RETENTION_SECONDS = 60
+    agent = make_agent()[0]
+    long_ago = timezone.now() - timedelta(days=2)
+    OutboxMessage.objects.create(type="task.created", created_at=long_ago, sent_at=long_ago)
+    RevokedToken.objects.create(
+        jti="expired", agent=agent, token_type="access", expires_at=long_ago
+    )
+    RevokedToken.objects.create(
+        jti="live", agent=agent, token_type="refresh", expires_at=timezone.now() + timedelta(days=1)
+    )
+    Scheduler().housekeeping()
+    assert not OutboxMessage.objects.filter(created_at=long_ago).exists()
+    assert list(RevokedToken.objects.values_list("jti", flat=True)) == ["live"]
