@@ -119,9 +119,9 @@ def seed():
         )
         for i in range(RUNS_STORED)
     )  # fmt: skip
-    # Statistics as autovacuum would have them on a running system (bulk loads skip them).
+    # Statistics and visibility maps as autovacuum keeps them on a running system.
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
+        cursor.execute("VACUUM ANALYZE")
     _, pair = token_exchange(agent_id=str(agent.id), agent_secret=secret)
     _, key = credential_issue_api_key(agent=agent, actor=actor)
     return pair.access, key, str(tasks[0].id)

@@ -100,6 +100,9 @@ class Task(models.Model):
                 condition=Q(status="active", next_run_at__isnull=False),
             ),
             models.Index(fields=["created_by", "-created_at"], name="task_creator_idx"),
+            # Runs are visible through their task's owner: this makes "is this run's task
+            # mine?" an index-only probe (the /runs page) and the /runs count a merge join.
+            models.Index(fields=["created_by", "id"], name="task_owner_idx"),
             models.Index(fields=["schedule_kind"], name="task_kind_idx"),
         ]
         constraints = [
@@ -280,7 +283,8 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["task", "-started_at"], name="run_task_recent_idx"),
             models.Index(fields=["status", "-started_at"], name="run_status_recent_idx"),
-            models.Index(fields=["-started_at"], name="run_recent_idx"),
+            # The API's order (newest first, id breaks ties): a page walks the index and stops.
+            models.Index(fields=["-started_at", "-id"], name="run_recent_idx"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(attempt__gte=1), name="run_attempt_positive"),
