@@ -1,4 +1,4 @@
-"""DATABASE_URL parsing and raw psycopg connections that honour both URL forms."""
+"""DATABASE_URL parsing, raw psycopg connections for both URL forms, fast row loading."""
 
 from __future__ import annotations
 
@@ -138,3 +138,41 @@ class ModelColumns:
             if values[index] is not None:
                 values[index] = field.from_db_value(values[index], None, connections[using])
         return self.model.from_db(using, self._attnames, values)
+
+
+TIMESTAMPTZ_OID = 1184
+
+
+def use_fast_timestamptz_loader(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """connection_created receiver: parse timestamptz in psycopg's C loader, not in Python.
+
+    Django registers its own timestamptz loader, a subclass of psycopg's pure-Python one
+    (to attach its time zone), so with psycopg[binary] every timestamp is still parsed by a
+    Python regex — about 11 µs each here, 3.5 µs in C: a few milliseconds per list page and
+    a visible share of a worker's time. This loader gives exactly Django's result (parse,
+    convert to the session time zone, then attach `connection.timezone`) with the C parser.
+    Only for the UTC sessions Django opens with USE_TZ, where attaching is exact.
+    """
+    import psycopg
+    from psycopg.adapt import Loader
+    from psycopg.pq import Format
+
+    if connection.vendor != "postgresql" or connection.timezone_name != "UTC":
+        return
+    parser = psycopg.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT)
+    if parser.__module__.startswith("psycopg.types"):
+        return  # no C extension installed: Django's loader is as fast
+    tz = connection.timezone
+
+    class UtcTimestamptzLoader(Loader):
+        timezone = tz  # Django's create_cursor compares this before overriding per cursor
+
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._parse = parser(oid, context).load
+
+        def load(self, data: Any) -> Any:
+            return self._parse(data).replace(tzinfo=tz)
+
+    connection.connection.adapters.register_loader(TIMESTAMPTZ_OID, UtcTimestamptzLoader)
+
