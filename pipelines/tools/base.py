@@ -111,7 +111,7 @@ def schema_problems(schema: dict[str, Any], value: Any) -> list[str]:
 
 def schema_errors(schema: dict[str, Any], value: Any) -> list[tuple[list[str | int], str]]:
     """Every violation as (path to the offending field, reason), in document order."""
-    validator = _validator(json.dumps(schema, sort_keys=True))
+    validator = _validator_for(schema)
     if validator is None:
         return [([], "the tool's own schema is invalid")]
     found: list[tuple[list[str | int], str]] = []
@@ -150,6 +150,24 @@ def json_path(parts: Any, prefix: str = "") -> str:
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
+
+
+# Schemas are module constants or belong to a registered tool and are never changed in place,
+# so the validator is found by the schema object itself; serializing it to look it up by
+# content cost a fifth of every check. The entry keeps the schema alive, so its id cannot be
+# reused while cached.
+_by_identity: dict[int, tuple[dict[str, Any], Draft202012Validator | None]] = {}
+
+
+def _validator_for(schema: dict[str, Any]) -> Draft202012Validator | None:
+    entry = _by_identity.get(id(schema))
+    if entry is not None and entry[0] is schema:
+        return entry[1]
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    if len(_by_identity) >= 1024:
+        _by_identity.clear()
+    _by_identity[id(schema)] = (schema, validator)
+    return validator
 
 
 @lru_cache(maxsize=1024)
