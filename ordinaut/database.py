@@ -175,4 +175,3 @@ def use_fast_timestamptz_loader(sender: Any, connection: Any, **kwargs: Any) -> 
             return self._parse(data).replace(tzinfo=tz)
 
     connection.connection.adapters.register_loader(TIMESTAMPTZ_OID, UtcTimestamptzLoader)
-
