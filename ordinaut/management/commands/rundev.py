@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from agents.models import Agent
-from agents.services import agent_create, credential_issue_secret
+from agents.services import agent_create, agent_update, credential_issue_secret
 from audit.services import Actor
 
 DEMO_AGENT = "demo"
@@ -81,12 +81,20 @@ class Command(BaseCommand):
                 actor=Actor.system("rundev"),
             )
             saved.update(agent_secret=secret)
-        elif str(agent.id) != saved.get("agent_id") or not saved.get("agent_secret"):
-            # The saved secret belongs to another database; issue a fresh one.
-            _, secret = credential_issue_secret(
-                agent=agent, actor=Actor.system("rundev"), label="make dev"
-            )
-            saved.update(agent_secret=secret)
+        else:
+            if missing := [scope for scope in DEMO_SCOPES if scope not in agent.scopes]:
+                # A var/ database from an older checkout: give the demo its current scopes.
+                agent = agent_update(
+                    agent_id=agent.id,
+                    changes={"scopes": [*agent.scopes, *missing]},
+                    actor=Actor.system("rundev"),
+                )
+            if str(agent.id) != saved.get("agent_id") or not saved.get("agent_secret"):
+                # The saved secret belongs to another database; issue a fresh one.
+                _, secret = credential_issue_secret(
+                    agent=agent, actor=Actor.system("rundev"), label="make dev"
+                )
+                saved.update(agent_secret=secret)
         saved.update(agent_name=agent.name, agent_id=str(agent.id))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(saved, indent=2))
