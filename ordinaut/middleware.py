@@ -63,26 +63,24 @@ def client_ip(request: HttpRequest) -> str | None:
 ADMIN_PREFIX = "/admin"
 
 
-def _for_admin(request: HttpRequest) -> bool:
-    return request.path_info.startswith(ADMIN_PREFIX)
+class _AdminOnly:
+    """Mixin: run the wrapped middleware for the admin's URLs, pass everything else through."""
+
+    get_response: Callable[[HttpRequest], HttpResponse]
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info.startswith(ADMIN_PREFIX):
+            return super().__call__(request)  # type: ignore[misc]
+        return self.get_response(request)
 
 
-class AdminSessionMiddleware(SessionMiddleware):
+class AdminSessionMiddleware(_AdminOnly, SessionMiddleware):
     """SessionMiddleware for the admin's URLs only."""
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        return super().__call__(request) if _for_admin(request) else self.get_response(request)
 
-
-class AdminAuthenticationMiddleware(AuthenticationMiddleware):
+class AdminAuthenticationMiddleware(_AdminOnly, AuthenticationMiddleware):
     """AuthenticationMiddleware (request.user from the session) for the admin's URLs only."""
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        return super().__call__(request) if _for_admin(request) else self.get_response(request)
 
-
-class AdminMessageMiddleware(MessageMiddleware):
+class AdminMessageMiddleware(_AdminOnly, MessageMiddleware):
     """MessageMiddleware (the admin's flash messages) for the admin's URLs only."""
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        return super().__call__(request) if _for_admin(request) else self.get_response(request)
