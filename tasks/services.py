@@ -278,8 +278,6 @@ def task_create_deduplicated(
         )
         return task, True
     now = fields.pop("now", None) or timezone.now()
-    # A duplicate returns the existing task, but only for a request that is valid itself.
-    validate_payload(fields.get("payload"), scopes=created_by.scopes)
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
@@ -295,6 +293,8 @@ def task_create_deduplicated(
             .first()
         )
         if existing is not None:
+            # Only for a request that is valid itself (task_create validates the others).
+            validate_payload(fields.get("payload"), scopes=created_by.scopes)
             return existing, False
         task = task_create(
             created_by=created_by,

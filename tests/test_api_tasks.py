@@ -82,6 +82,17 @@ def test_dedupe_key_within_window_returns_existing_task_with_200(owner):
     assert Task.objects.count() == 1
 
 
+def test_duplicate_with_an_invalid_pipeline_is_refused_not_deduplicated(owner):
+    _, client = owner
+    dedupe = {"dedupe_key": "brief", "dedupe_window_seconds": 600}
+    assert client.post("/tasks", task_body(**dedupe)).status_code == 201
+    broken = {"pipeline": [{"id": "x", "uses": "no.such.tool", "with": {}}]}
+    response = client.post("/tasks", task_body(payload=broken, **dedupe))
+    assert response.status_code == 422
+    assert "no.such.tool" in response.content.decode()
+    assert Task.objects.count() == 1
+
+
 def test_list_envelope_filters_and_pagination(owner):
     _, client = owner
     for kind, expr in [
