@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,19 @@ def command_env(**overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return env
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, message: str) -> None:
+    """Poll `predicate` until it is true; AssertionError(`message`) after `timeout` seconds.
+
+    For events that take milliseconds in another thread or process: a passing test only
+    waits that long, the timeout is only reached when the behaviour is broken.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.05)
 
 
 def run_manage(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:

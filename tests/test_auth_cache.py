@@ -10,7 +10,6 @@ import http.client
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 from django.db import connection
@@ -31,7 +30,7 @@ from agents.services import (
 from audit.services import Actor
 from ordinaut.database import raw_connection
 from ordinaut.embedded import free_port
-from tests.conftest import ROOT, command_env
+from tests.conftest import ROOT, command_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,11 +40,7 @@ DEADLINE = 10.0
 
 
 def eventually(predicate, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE}s: {what}")
-        time.sleep(0.01)
+    wait_for(predicate, DEADLINE, f"not within {DEADLINE}s: {what}")
 
 
 def refused(token: str) -> bool:

@@ -14,7 +14,7 @@ from django.utils import timezone
 from audit.services import Actor
 from tasks import services
 from tasks.models import Occurrence, Task
-from tests.conftest import ROOT, command_env, run_manage
+from tests.conftest import ROOT, command_env, run_manage, wait_for
 from tests.factories import make_agent
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -66,14 +66,6 @@ def bulk_tasks(count, *, due_at):
         )
         for i in range(count)
     )
-
-
-def wait_for(predicate, timeout, message):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(0.05)
 
 
 def assert_contiguous_minutes(first_instant):

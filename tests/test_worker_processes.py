@@ -14,7 +14,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from tasks.models import Occurrence, Run, Task
-from tests.conftest import ROOT, command_env
+from tests.conftest import ROOT, command_env, wait_for
 from tests.factories import make_agent
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -65,14 +65,6 @@ def drained(proc, timeout=600):
     """Wait for a --burst worker to empty the queue and exit on its own."""
     proc.wait(timeout=timeout)
     return proc.returncode, output_of(proc)
-
-
-def wait_for(predicate, timeout, message):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(0.1)
 
 
 def enqueue(task, count, *, key=None):
