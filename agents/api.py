@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import scopes, selectors, services
+from ordinaut import scopes, selectors, services
 from agents.models import CredentialKind
 from agents.permissions import HasScope
 from agents.serializers import (

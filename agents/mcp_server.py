@@ -22,7 +22,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
 
-from agents import scopes
+from ordinaut import scopes
 from agents.authentication import Grant, authenticate_token
 from agents.models import Agent
 from audit.services import Actor

@@ -12,7 +12,7 @@ from typing import Any
 from rest_framework import permissions
 from rest_framework.request import Request
 
-from agents import scopes
+from ordinaut import scopes
 from agents.models import Agent
 from ordinaut.errors import Forbidden, InvalidInput
 

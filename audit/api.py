@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import scopes
+from ordinaut import scopes
 from agents.permissions import HasScope
 from agents.throttles import AgentRateThrottle
 from audit.models import AuditEvent

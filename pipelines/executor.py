@@ -269,7 +269,7 @@ class _Execution:
         self, step: dict[str, Any], name: str, resumed: dict | None
     ) -> StepStatus | _StepFailure | None:
         """Run one step, append its record; return None (succeeded) or what stopped it."""
-        from agents.scopes import grants
+        from ordinaut.scopes import grants
         from pipelines.registry import UnknownTool, get_tool
 
         uses = step["uses"]

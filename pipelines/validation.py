@@ -207,7 +207,7 @@ def _reference_problems(
 def _check_tool(
     step: dict[str, Any], path: str, scopes: list[str] | None, problems: _Problems
 ) -> None:
-    from agents.scopes import grants
+    from ordinaut.scopes import grants
     from pipelines.registry import UnknownTool, get_tool
 
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -449,6 +450,40 @@ def task_cancel(*, task_id: Any, actor: Actor, now: datetime | None = None) -> T
     return task
 
 
+@dataclass(frozen=True)
+class StatusChange:
+    """What `task_set_status` did: the task as it now stands, and whether it moved."""
+
+    task: Task
+    changed: bool
+    old_status: str
+    dropped: int  # queued occurrences removed by the move (pause, cancel)
+
+
+def task_set_status(
+    *, task_id: Any, status: str, actor: Actor, now: datetime | None = None
+) -> StatusChange:
+    """Pause, resume or cancel, where asking for the status a task already has is no error.
+
+    The REST actions and MCP tools use this (the original answered "already has status"
+    with success); `task_pause`/`task_resume`/`task_cancel` stay strict for the admin.
+    Raises InvalidInput for another status, Conflict for a move that is not allowed
+    (resuming a canceled task), NotFound for a missing task.
+    """
+    service = _STATUS_SERVICES.get(status)
+    if service is None:
+        _choice("status", status, _STATUS_SERVICES)
+    with transaction.atomic():
+        task = _locked(task_id)
+        old_status = task.status
+        if old_status == status:
+            return StatusChange(task=task, changed=False, old_status=old_status, dropped=0)
+        queued = Occurrence.objects.filter(task=task, state=OccurrenceState.QUEUED).count()
+        task = service(task_id=task.id, actor=actor, now=now)
+    dropped = 0 if status == TaskStatus.ACTIVE else queued
+    return StatusChange(task=task, changed=True, old_status=old_status, dropped=dropped)
+
+
 def task_snooze(
     *,
     task_id: Any,
@@ -507,6 +542,13 @@ def task_snooze(
         )
         notify(SCHEDULER_CHANNEL)
     return task
+
+
+_STATUS_SERVICES = {
+    TaskStatus.PAUSED: task_pause,
+    TaskStatus.ACTIVE: task_resume,
+    TaskStatus.CANCELED: task_cancel,
+}
 
 
 def _insert_occurrence(

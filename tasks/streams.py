@@ -112,7 +112,7 @@ def store_entry(fields: dict[Any, Any]) -> bool:
     from django.db import DataError
 
     from agents.models import Agent
-    from agents.scopes import EVENTS_PUBLISH, grants
+    from ordinaut.scopes import EVENTS_PUBLISH, grants
     from audit.services import Actor
     from ordinaut.errors import InvalidInput
     from tasks.services import event_publish

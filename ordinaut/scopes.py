@@ -16,16 +16,6 @@ APPROVALS_DECIDE = "approvals:decide"
 TOOLS_READ = "tools:read"
 ADMIN = "admin"
 
-API_SCOPES = (
-    TASKS_READ,
-    TASKS_WRITE,
-    RUNS_READ,
-    EVENTS_PUBLISH,
-    APPROVALS_DECIDE,
-    TOOLS_READ,
-    ADMIN,
-)
-
 
 def grants(scopes: Iterable[str], required: str | None) -> bool:
     """True when `scopes` include `required` (None requires nothing) or include `admin`."""
