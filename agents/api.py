@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ordinaut import scopes, selectors, services
+from agents import selectors, services
 from agents.models import CredentialKind
 from agents.permissions import HasScope
 from agents.serializers import (
@@ -37,6 +37,7 @@ from agents.serializers import (
 from agents.throttles import AgentRateThrottle, TokenExchangeThrottle
 from agents.tokens import TokenPair
 from audit.services import Actor
+from ordinaut import scopes
 from ordinaut.api import OperationSerializer, iso, operation, parse_body, parse_query
 
 _EXAMPLE_AGENT = {
