@@ -58,7 +58,7 @@ class AuthCache:
 
     @property
     def ttl(self) -> float:
-        return float(getattr(settings, "AUTH_CACHE_SECONDS", 0) or 0)
+        return float(settings.AUTH_CACHE_SECONDS or 0)
 
     @property
     def listening(self) -> bool:

@@ -22,14 +22,14 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
 
-from ordinaut import scopes
 from agents.authentication import Grant, authenticate_token
 from agents.models import Agent
 from audit.services import Actor
+from ordinaut import scopes
 from ordinaut.api import page
 from ordinaut.correlation import new_correlation_id, reset_correlation_id, set_correlation_id
 from ordinaut.errors import Forbidden, OrdinautError, Unauthenticated
-from tasks import selectors, services
+from tasks import approvals, events, selectors, services
 from tasks.models import TaskStatus
 from tasks.serializers import (
     ApprovalListQuerySerializer,
@@ -348,7 +348,7 @@ def build_server(*, stdio_token: str | None = None) -> MCPServer:
         """
 
         def work(caller: Caller) -> dict[str, Any]:
-            event, created = services.event_publish(
+            event, created = events.event_publish(
                 topic=topic,
                 payload={} if payload is None else payload,
                 idempotency_key=idempotency_key,
@@ -369,7 +369,7 @@ def build_server(*, stdio_token: str | None = None) -> MCPServer:
         """
 
         def work(caller: Caller) -> dict[str, Any]:
-            approval = services.approval_decide(
+            approval = approvals.approval_decide(
                 approval_id=approval_id,
                 decision=decision,
                 comment=comment,

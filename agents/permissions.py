@@ -12,8 +12,8 @@ from typing import Any
 from rest_framework import permissions
 from rest_framework.request import Request
 
-from ordinaut import scopes
 from agents.models import Agent
+from ordinaut import scopes
 from ordinaut.errors import Forbidden, InvalidInput
 
 

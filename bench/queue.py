@@ -52,16 +52,23 @@ def make_task():
 
 
 def enqueue_bulk(task, jobs: int) -> None:
-    from django.db import connection
+    """Queue `jobs` occurrences due now, through the queue's own batch insert."""
+    from datetime import UTC, datetime, timedelta
 
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO tasks_occurrence (task_id, scheduled_for, run_at, priority, state,"
-            " attempt, trigger, last_error, correlation_id, created_at)"
-            " SELECT %s, now() - make_interval(secs => g / 1000000.0), now(), 5, 'queued', 0,"
-            " 'manual', '', '', now() FROM generate_series(1, %s) AS g",
-            [task.id, jobs],
-        )
+    from tasks.queue import enqueue_scheduled
+
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "task_id": str(task.id),
+            "scheduled_for": (now - timedelta(microseconds=n)).isoformat(),
+            "run_at": now.isoformat(),
+            "priority": 5,
+            "concurrency_key": None,
+        }
+        for n in range(1, jobs + 1)
+    ]
+    enqueue_scheduled(rows)
 
 
 def drain_ours(env: dict, jobs: int, processes: int) -> dict:
@@ -106,9 +113,10 @@ def drain_ours(env: dict, jobs: int, processes: int) -> dict:
 
 
 def pickup_ours(env: dict, jobs: int, rate: float) -> dict:
-    from django.db import connection
+    from datetime import UTC, datetime
 
     from tasks.models import Run
+    from tasks.queue import enqueue_manual
 
     task = make_task()
     worker = subprocess.Popen(
@@ -118,17 +126,11 @@ def pickup_ours(env: dict, jobs: int, rate: float) -> dict:
     )
     time.sleep(3)  # let it start and fall asleep on LISTEN
     committed: dict[int, float] = {}
-    with connection.cursor() as cursor:
-        for _ in range(jobs):
-            cursor.execute(
-                "INSERT INTO tasks_occurrence (task_id, scheduled_for, run_at, priority, state,"
-                " attempt, trigger, last_error, correlation_id, created_at)"
-                " VALUES (%s, clock_timestamp(), clock_timestamp(), 5, 'queued', 0, 'manual',"
-                " '', '', clock_timestamp()) RETURNING id",
-                [task.id],
-            )
-            committed[cursor.fetchone()[0]] = time.time()  # autocommit: committed on return
-            time.sleep(max(0.0, 1 / rate - 0.001))
+    for _ in range(jobs):
+        # Autocommit: the occurrence is committed when enqueue_manual returns.
+        occurrence = enqueue_manual(task, now=datetime.now(UTC))
+        committed[occurrence.id] = time.time()
+        time.sleep(max(0.0, 1 / rate - 0.001))
     deadline = time.time() + 30
     while Run.objects.filter(task=task, status="succeeded").count() < jobs:
         if time.time() > deadline:

@@ -40,10 +40,9 @@ def create_tasks(n: int) -> datetime:
 
     from agents.services import agent_create
     from audit.services import Actor
-    from tasks.models import Occurrence, SchedulerHeartbeat, SkippedOccurrence, Task
+    from tasks.models import SchedulerHeartbeat, Task
 
-    Occurrence.objects.all().delete()
-    SkippedOccurrence.objects.all().delete()
+    # Deleting the tasks deletes their occurrences and ledger rows with them (CASCADE).
     SchedulerHeartbeat.objects.all().delete()
     Task.objects.all().delete()
     agent, _ = agent_create(name=f"bench-{n}-{time.time()}", scopes=[], actor=Actor.system("bench"))

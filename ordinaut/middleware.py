@@ -47,7 +47,7 @@ def client_ip(request: HttpRequest) -> str | None:
     The header is only trusted behind a proxy that sets it: otherwise any client could
     write whatever address it likes into the audit log.
     """
-    if getattr(settings, "TRUST_X_FORWARDED_FOR", False):
+    if settings.TRUST_X_FORWARDED_FOR:
         forwarded = request.headers.get("X-Forwarded-For", "")
         first = forwarded.split(",")[0].strip()
         if first:

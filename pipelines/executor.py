@@ -35,7 +35,13 @@ from ordinaut.errors import InvalidInput
 from pipelines.conditions import ConditionError, evaluate_condition
 from pipelines.secrets import get_secret, redact
 from pipelines.templating import TemplateContext, TemplateError, render
-from pipelines.tools.base import ToolContext, ToolError, ToolTimeout, ToolWaiting
+from pipelines.tools.base import (
+    ApprovalRequest,
+    ToolContext,
+    ToolError,
+    ToolTimeout,
+    ToolWaiting,
+)
 from pipelines.validation import step_name, validate_structure
 
 if TYPE_CHECKING:
@@ -68,6 +74,7 @@ class ExecutionResult:
     # The step records as they stand at the end. The last step's record is not written by
     # the executor: the worker stores it with the run's status, in one batched commit.
     steps: list[dict[str, Any]] | None = None
+    approval: ApprovalRequest | None = None  # set when the status is "waiting"
 
 
 class _LeaseLost(Exception):
@@ -423,7 +430,16 @@ class _Execution:
 
     def _waiting(self) -> ExecutionResult:
         record = self.records[-1]
+        output = record["output"] or {}
+        approval = ApprovalRequest(
+            step_id=record["id"],
+            prompt=output.get("message") or "",
+            context=output.get("data"),
+            approvers=output.get("approvers") or [],
+            expires_in_seconds=output.get("expires_in_seconds"),
+        )
         return ExecutionResult(
+            approval=approval,
             status="waiting",
             output={"waiting": {"step": record["id"], "uses": record["uses"], **record["output"]}},
             error=None,

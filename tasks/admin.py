@@ -4,7 +4,7 @@ from django.utils.html import format_html_join
 
 from audit.services import Actor
 from ordinaut.errors import OrdinautError
-from tasks import schedules, services
+from tasks import approvals, schedules, services
 from tasks.models import (
     TIME_KINDS,
     Approval,
@@ -190,7 +190,7 @@ def _decide(modeladmin, request, queryset, decision: str) -> None:  # noqa: ANN0
     done, failed = 0, []
     for approval in queryset.filter(status=ApprovalStatus.PENDING):
         try:
-            services.approval_decide(
+            approvals.approval_decide(
                 approval_id=approval.pk, decision=decision, actor=actor,
                 comment=f"{decision}d in the admin",
             )  # fmt: skip

@@ -25,12 +25,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ordinaut import scopes
 from agents.permissions import HasScope, acting_agent, is_admin
 from agents.throttles import AgentRateThrottle
 from audit.services import Actor
+from ordinaut import scopes
 from ordinaut.api import OperationSerializer, iso, operation, page, parse_body, parse_query
-from tasks import selectors, services
+from tasks import approvals, events, selectors, services
 from tasks.models import TaskStatus
 from tasks.serializers import (
     ApprovalDecisionSerializer,
@@ -558,7 +558,7 @@ class EventPublishApi(APIView):
     def post(self, request: Request) -> Response:
         data = parse_body(EventPublishSerializer, request)
         source = acting_agent(request, data.get("source_agent_id"), field="source_agent_id")
-        event, created = services.event_publish(
+        event, created = events.event_publish(
             topic=data["topic"],
             payload=data["payload"],
             idempotency_key=data.get("idempotency_key"),
@@ -602,7 +602,7 @@ class _ApprovalDecisionApi(APIView):
 
     def post(self, request: Request, approval_id: str) -> Response:
         data = parse_body(ApprovalDecisionSerializer, request)
-        approval = services.approval_decide(
+        approval = approvals.approval_decide(
             approval_id=approval_id,
             decision=self.decision,
             comment=data.get("comment", ""),

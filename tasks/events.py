@@ -1,8 +1,11 @@
-"""Which tasks an event triggers, and what makes an event acceptable (pure: no database).
+"""Events in: what makes one acceptable, which tasks it triggers, and publishing it.
 
 An `event` task's schedule_expr is a topic glob (fnmatch: `*`, `?`, `[...]`, case-sensitive);
 a `condition` task's is a JMESPath expression over `{topic, payload, source_agent_id}`.
 Published topics are literal: 1..100 letters, digits and `._:-`, no globs.
+
+`validate_event`, `event_document` and `triggers` are pure; `event_publish` stores the event
+and has `tasks.queue` enqueue the triggered occurrences, in one transaction.
 """
 
 from __future__ import annotations
@@ -10,22 +13,27 @@ from __future__ import annotations
 import json
 import logging
 import re
+from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
 from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
 
+from agents.models import Agent
+from audit import record
+from audit.services import Actor
+from ordinaut.correlation import get_correlation_id
 from ordinaut.errors import InvalidInput
-from tasks.models import ScheduleKind
+from pipelines.conditions import ConditionError, evaluate_condition
+from tasks import queue as occurrence_queue
+from tasks.delivery.outbox import outbox_add
+from tasks.models import Event, ScheduleKind, Task, TaskStatus
 
 logger = logging.getLogger(__name__)
 
 TOPIC_RE = re.compile(r"[A-Za-z0-9._:\-]{1,100}")
-DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
-
-
-def max_payload_bytes() -> int:
-    return int(getattr(settings, "EVENT_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES))
 
 
 def validate_event(topic: Any, payload: Any, idempotency_key: Any = None) -> None:
@@ -36,7 +44,7 @@ def validate_event(topic: Any, payload: Any, idempotency_key: Any = None) -> Non
     if not isinstance(payload, dict):
         raise InvalidInput("payload: must be a JSON object", details={"payload": ["not an object"]})
     size = len(json.dumps(payload, separators=(",", ":")).encode())
-    limit = max_payload_bytes()
+    limit = settings.EVENT_MAX_PAYLOAD_BYTES
     if size > limit:
         reason = f"is {size} bytes; the limit is {limit} bytes"
         raise InvalidInput(f"payload: {reason}", details={"payload": [reason]})
@@ -67,10 +75,80 @@ def triggers(kind: str, expr: str | None, document: dict[str, Any]) -> bool:
     if kind == ScheduleKind.EVENT:
         return fnmatchcase(document["topic"], expr)
     if kind == ScheduleKind.CONDITION:
-        from pipelines.conditions import ConditionError, evaluate_condition
-
         try:
             return evaluate_condition(expr, document)
         except ConditionError as exc:
             logger.warning("condition %r failed for topic %s: %s", expr, document["topic"], exc)
     return False
+
+
+def triggered_tasks(document: dict[str, Any]) -> list[occurrence_queue.EventTarget]:
+    """Active event and condition tasks that fire for `document` (a read)."""
+    candidates = Task.objects.filter(
+        status=TaskStatus.ACTIVE, schedule_kind__in=[ScheduleKind.EVENT, ScheduleKind.CONDITION]
+    ).values_list("id", "schedule_kind", "schedule_expr", "priority", "concurrency_key")
+    return [
+        occurrence_queue.EventTarget(task_id=str(task_id), priority=priority, concurrency_key=key)
+        for task_id, kind, expr, priority, key in candidates.iterator(chunk_size=2000)
+        if triggers(kind, expr, document)
+    ]
+
+
+def _first_with_key(source: Agent | None, idempotency_key: str) -> Event | None:
+    """The source's event stored under `idempotency_key`, serialising racing retries of it.
+
+    A transaction-scoped advisory lock on (source, key) makes the second of two concurrent
+    publishes wait and then find the first; the unique index is the backstop.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            [f"event-idempotency:{source.pk if source else ''}:{idempotency_key}"],
+        )
+    return Event.objects.filter(source_agent=source, idempotency_key=idempotency_key).first()
+
+
+def event_publish(
+    *,
+    topic: str,
+    payload: dict,
+    actor: Actor,
+    source: Agent | None = None,
+    idempotency_key: str | None = None,
+    now: datetime | None = None,
+) -> tuple[Event, bool]:
+    """Store an event and enqueue an occurrence of every active task it triggers.
+
+    Returns (event, created). With an idempotency key already used by the same source, the
+    first event is returned with created=False and nothing is written. Raises InvalidInput
+    (nothing written) for a malformed topic, a non-object or oversized payload.
+    """
+    validate_event(topic, payload, idempotency_key)
+    with transaction.atomic():
+        if idempotency_key is not None:
+            existing = _first_with_key(source, idempotency_key)
+            if existing is not None:
+                return existing, False
+        event = Event.objects.create(
+            topic=topic,
+            payload=payload,
+            source_agent=source,
+            idempotency_key=idempotency_key,
+            published_at=now or timezone.now(),
+        )
+        document = event_document(topic, payload, source.pk if source else None)
+        event.triggered_tasks = occurrence_queue.enqueue_for_event(
+            event_id=event.id,
+            at=event.published_at,
+            targets=triggered_tasks(document),
+            correlation_id=get_correlation_id() or "",
+        )
+        event.save(update_fields=["triggered_tasks"])
+        outbox_add(type="event.published", data={"event_id": str(event.id), "topic": topic})
+        record(
+            actor=actor,
+            action="event.published",
+            subject=event,
+            details={"topic": topic, "triggered_tasks": event.triggered_tasks},
+        )
+    return event, True

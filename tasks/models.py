@@ -160,7 +160,6 @@ class Trigger(models.TextChoices):
     SCHEDULE = "schedule"  # produced by the task's schedule
     EVENT = "event"  # produced by a matching event
     MANUAL = "manual"  # run_now from an agent or operator
-    RETRY = "retry"  # re-enqueued after a failed attempt
 
 
 class Occurrence(models.Model):
@@ -254,6 +253,31 @@ class RunStatus(models.TextChoices):
 
 
 FINISHED_RUN_STATUSES = [s for s in RunStatus.values if s != RunStatus.RUNNING]
+
+# The parked state. A run waiting for a human decision has one name in each layer:
+#   pipelines.executor.StepStatus.WAITING ("waiting")        the step record,
+#   pipelines.executor.ExecutionStatus.WAITING ("waiting")   the attempt's result,
+#   RunStatus.WAITING_APPROVAL ("waiting_approval")          the Run row, as the API shows it,
+#   OccurrenceState.WAITING ("waiting")                      the occurrence (not claimable).
+# `run_status_for` is the one place an execution result becomes a run status; the queue
+# parks the occurrence exactly for runs finished as WAITING_APPROVAL (tasks/queue.py PARK).
+_RUN_STATUS_FOR_EXECUTION = {
+    "succeeded": RunStatus.SUCCEEDED,
+    "failed": RunStatus.FAILED,
+    "timed_out": RunStatus.TIMED_OUT,
+    "waiting": RunStatus.WAITING_APPROVAL,
+}
+
+
+def run_status_for(execution_status: str) -> RunStatus:
+    """The Run status recording an attempt whose pipeline ended with `execution_status`.
+
+    Raises ValueError for a status the executor does not produce.
+    """
+    try:
+        return _RUN_STATUS_FOR_EXECUTION[execution_status]
+    except KeyError:
+        raise ValueError(f"unknown execution status {execution_status!r}") from None
 
 
 class Run(models.Model):
@@ -389,6 +413,7 @@ class WorkerHeartbeat(models.Model):
     concurrency = models.IntegerField(default=1)
     running = models.IntegerField(default=0)
     processed = models.BigIntegerField(default=0)
+    # Set when the worker starts its graceful shutdown (it deletes the row when done).
     stopping = models.BooleanField(default=False)
 
     class Meta:
@@ -455,7 +480,7 @@ class OutboxMessage(models.Model):
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=now)
     sent_at = models.DateTimeField(null=True, blank=True)
-    # When tasks/webhooks.py turned this run outcome into deliveries (NULL: not yet).
+    # When tasks/delivery/webhooks.py turned this run outcome into deliveries (NULL: not yet).
     webhooked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

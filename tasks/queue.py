@@ -1,9 +1,12 @@
-"""The queue: every SQL statement that moves an occurrence between states, in one place.
+"""The queue: every statement that inserts, changes or deletes an occurrence, in one place.
 
 States (OccurrenceState): queued → leased → (row deleted: done) | queued again (retry) |
-dead (retries exhausted). A Run row records every attempt. Each statement below says what
-it locks and why two workers cannot both win. Every state change is conditional on the
-state (and lease owner) it expects, and callers check the row count.
+waiting (parked on an approval) | dead (retries exhausted). A Run row records every
+attempt. Each statement below says what it locks and why two workers cannot both win.
+Every state change is conditional on the state (and lease owner) it expects, and callers
+check the row count. No other module writes `tasks_occurrence`: the scheduler, events,
+the task services and approvals call the functions here, inside their own transactions
+(each function runs on Django's connection, so it joins the caller's transaction).
 
 Throughput comes from batching: one statement claims a batch and inserts its Run rows;
 one transaction finishes a batch of results. Per-occurrence commits would cap a worker at
@@ -15,21 +18,194 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
-from tasks.models import BackoffStrategy
+from tasks.models import BackoffStrategy, Occurrence, RunStatus, Task, Trigger
+
+
+def _cursor() -> psycopg.Cursor:
+    """Server-side-binding cursor on Django's connection (shares its transaction).
+
+    Django's default client-side binding quotes batch arrays in Python; server-side
+    parameters are adapted in C, which matters for the scheduler's and claim's batches.
+    """
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
+# -- enqueue ----------------------------------------------------------------------------------
+
+# The scheduler's batch of occurrences, in one statement. The scheduler holds the row locks
+# of these tasks (LOCK_DUE_TASKS in tasks/scheduler.py) and advances their next_run_at in
+# the same transaction, so no instant is enqueued twice; ON CONFLICT is the backstop. The
+# rows travel as one JSON array: encoding it is C-fast, where adapting typed arrays is not.
+ENQUEUE_SCHEDULED = """
+INSERT INTO tasks_occurrence
+    (task_id, scheduled_for, run_at, priority, concurrency_key, state, attempt, trigger,
+     last_error, correlation_id, created_at)
+SELECT task_id, scheduled_for, run_at, priority, concurrency_key, 'queued', 0, 'schedule',
+       '', '', clock_timestamp()
+FROM jsonb_to_recordset(%s::jsonb) AS v(task_id uuid, scheduled_for timestamptz,
+     run_at timestamptz, priority smallint, concurrency_key text)
+ON CONFLICT (task_id, scheduled_for) DO NOTHING
+"""
+
+
+def enqueue_scheduled(rows: list[dict[str, Any]]) -> int:
+    """Queue schedule occurrences (JSON-ready dicts: task_id, scheduled_for, run_at,
+    priority, concurrency_key) in the caller's transaction; return how many were new."""
+    if not rows:
+        return 0
+    with _cursor() as cursor:
+        cursor.execute(ENQUEUE_SCHEDULED, [json.dumps(rows)])
+        return cursor.rowcount
+
+
+@dataclass(frozen=True)
+class EventTarget:
+    """A task an event triggers, with what its occurrence copies from it."""
+
+    task_id: str
+    priority: int
+    concurrency_key: str | None
+
+
+# One event's occurrences in one statement. (task, scheduled_for) is unique and
+# scheduled_for is the event's instant, so a second event in the same microsecond collides:
+# DO NOTHING, and enqueue_for_event retries just those tasks one microsecond later.
+ENQUEUE_FOR_EVENT = """
+INSERT INTO tasks_occurrence
+    (task_id, scheduled_for, run_at, priority, concurrency_key, state, attempt, trigger,
+     last_error, correlation_id, event_id, created_at)
+SELECT v.task_id, %(at)s, %(run_at)s, v.priority, v.concurrency_key, 'queued', 0, 'event',
+       '', %(correlation_id)s, %(event_id)s, clock_timestamp()
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(task_id uuid, priority smallint,
+                                              concurrency_key text)
+ON CONFLICT (task_id, scheduled_for) DO NOTHING
+RETURNING task_id
+"""
+
+
+def enqueue_for_event(
+    *, event_id: Any, at: datetime, targets: list[EventTarget], correlation_id: str
+) -> int:
+    """Queue one occurrence per target, due at `at`, in the caller's transaction.
+
+    Each occurrence is scheduled for the event's instant, nudged by a microsecond where
+    that task already has an occurrence at it. Returns how many were queued (all).
+    """
+    pending = [asdict(target) for target in targets]
+    instant, enqueued = at, 0
+    while pending:
+        with _cursor() as cursor:
+            cursor.execute(
+                ENQUEUE_FOR_EVENT,
+                {
+                    "at": instant,
+                    "run_at": at,
+                    "correlation_id": correlation_id,
+                    "event_id": event_id,
+                    "rows": json.dumps(pending),
+                },
+            )
+            inserted = {str(row[0]) for row in cursor.fetchall()}
+        enqueued += len(inserted)
+        pending = [row for row in pending if row["task_id"] not in inserted]
+        instant += timedelta(microseconds=1)
+    return enqueued
+
+
+def enqueue_one(task: Task, *, scheduled_for: datetime, run_at: datetime, trigger: str) -> bool:
+    """Queue one occurrence of `task`; False when (task, scheduled_for) already exists."""
+    try:
+        with transaction.atomic():
+            Occurrence.objects.create(
+                task=task,
+                scheduled_for=scheduled_for,
+                run_at=run_at,
+                priority=task.priority,
+                concurrency_key=task.concurrency_key,
+                trigger=trigger,
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def enqueue_manual(task: Task, *, now: datetime) -> Occurrence:
+    """Queue a manual occurrence due `now`. The caller holds the task's row lock.
+
+    (task, scheduled_for) is unique, so two run-nows in one microsecond get instants one
+    microsecond apart; the lock makes the probe-then-insert safe.
+    """
+    instant = now
+    while Occurrence.objects.filter(task=task, scheduled_for=instant).exists():
+        instant += timedelta(microseconds=1)
+    return Occurrence.objects.create(
+        task=task,
+        scheduled_for=instant,
+        run_at=now,
+        priority=task.priority,
+        concurrency_key=task.concurrency_key,
+        trigger=Trigger.MANUAL,
+    )
+
+
+# -- retargeting queued work (the task services, under the task's row lock) -------------------
+
+# Queued occurrences only: a leased one is running and finishes; waiting and dead ones are
+# history an operator still acts on.
+DROP_QUEUED = """
+DELETE FROM tasks_occurrence WHERE task_id = %(task_id)s AND state = 'queued'
+RETURNING scheduled_for
+"""
+
+POSTPONE_QUEUED = """
+UPDATE tasks_occurrence SET run_at = %(run_at)s
+WHERE task_id = %(task_id)s AND state = 'queued'
+"""
+
+RETARGET_QUEUED = """
+UPDATE tasks_occurrence SET priority = %(priority)s, concurrency_key = %(concurrency_key)s
+WHERE task_id = %(task_id)s AND state = 'queued'
+"""
+
+
+def drop_queued(task_id: Any) -> list[datetime]:
+    """Delete the task's queued occurrences; return their instants, earliest first."""
+    with _cursor() as cursor:
+        cursor.execute(DROP_QUEUED, {"task_id": task_id})
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def postpone_queued(task_id: Any, *, run_at: datetime) -> int:
+    """Move the task's queued occurrences to `run_at` (a snooze); return how many."""
+    with _cursor() as cursor:
+        cursor.execute(POSTPONE_QUEUED, {"task_id": task_id, "run_at": run_at})
+        return cursor.rowcount
+
+
+def retarget_queued(task_id: Any, *, priority: int, concurrency_key: str | None) -> int:
+    """Give the task's queued occurrences its new priority and concurrency key."""
+    with _cursor() as cursor:
+        cursor.execute(
+            RETARGET_QUEUED,
+            {"task_id": task_id, "priority": priority, "concurrency_key": concurrency_key},
+        )
+        return cursor.rowcount
+
 
 # -- claim ------------------------------------------------------------------------------------
 
 # Lease the rows `picked` selected and start their attempts, in the same statement: the
 # UPDATE leases exactly the locked rows, the INSERT records each attempt's Run, and the
-# outbox gets run.started (see tasks/outbox.py). Shared by both claims below, which differ
+# outbox gets run.started (see tasks/delivery/outbox.py). Shared by both claims below, which differ
 # only in how they pick. (Raw SQL: the ORM cannot chain UPDATE ... RETURNING into INSERTs.)
 _LEASE_PICKED = """
 , leased AS (
@@ -92,7 +268,7 @@ CLAIM_KEYED = _PICK_KEYED + _LEASE_PICKED
 
 
 @dataclass
-class Claimed:
+class ClaimedOccurrence:
     """A leased occurrence and the Run row recording this attempt."""
 
     occurrence_id: int
@@ -108,12 +284,6 @@ class Claimed:
     event_id: Any = None  # the triggering Event's id (trigger `event`), else None
 
 
-def _cursor() -> psycopg.Cursor:
-    """Server-side-binding cursor on Django's connection (shares its transaction)."""
-    connection.ensure_connection()
-    return psycopg.Cursor(connection.connection)
-
-
 def claim(
     owner: str,
     limit: int,
@@ -121,7 +291,7 @@ def claim(
     lease_seconds: float | None = None,
     concurrency_keys: list[str] | None = None,
     keyed: bool = True,
-) -> list[Claimed]:
+) -> list[ClaimedOccurrence]:
     """Lease up to `limit` due occurrences for `owner` and start a Run for each.
 
     Unkeyed work is claimed in one statement; keyed work one occurrence at a time (at most
@@ -130,11 +300,11 @@ def claim(
     """
     lease = settings.WORKER_LEASE_SECONDS if lease_seconds is None else lease_seconds
     params = {"owner": owner, "lease": lease, "keys": concurrency_keys}
-    claimed: list[Claimed] = []
+    claimed: list[ClaimedOccurrence] = []
     with transaction.atomic(), _cursor() as cursor:
         if concurrency_keys is None:
             cursor.execute(CLAIM, {**params, "limit": limit})
-            claimed += [Claimed(*row) for row in cursor.fetchall()]
+            claimed += [ClaimedOccurrence(*row) for row in cursor.fetchall()]
     if keyed:
         while len(claimed) < limit:
             one = _claim_keyed(params)
@@ -144,7 +314,7 @@ def claim(
     return claimed
 
 
-def _claim_keyed(params: dict[str, Any]) -> Claimed | None:
+def _claim_keyed(params: dict[str, Any]) -> ClaimedOccurrence | None:
     try:
         with transaction.atomic(), _cursor() as cursor:
             cursor.execute(CLAIM_KEYED, params)
@@ -152,7 +322,7 @@ def _claim_keyed(params: dict[str, Any]) -> Claimed | None:
     except psycopg.errors.UniqueViolation:
         # Another worker leased the same key between our check and our update: it won.
         return None
-    return Claimed(*row) if row else None
+    return ClaimedOccurrence(*row) if row else None
 
 
 # How long until the earliest queued occurrence is due (negative: already due), using the
@@ -253,11 +423,26 @@ def reclaim_expired() -> list[tuple[int, str]]:
 # -- finishing ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Park:
+    """The approval an attempt parks on, as the queue stores it.
+
+    Built by `tasks.approvals.park_request` from the pipeline's request (defaults and the
+    context excerpt applied there); the queue only writes it.
+    """
+
+    step_id: str
+    prompt: str
+    context: Any
+    approvers: list[str]
+    expires_in_seconds: float
+
+
 @dataclass
 class Outcome:
     """The result of one attempt, as the worker reports it."""
 
-    claimed: Claimed
+    claimed: ClaimedOccurrence
     status: str  # a RunStatus value other than running
     output: Any = None
     error: str | None = None
@@ -266,6 +451,7 @@ class Outcome:
     max_retries: int = 0
     backoff_strategy: str = BackoffStrategy.EXPONENTIAL_JITTER
     duration_ms: float = 0.0
+    park: Park | None = None  # set exactly when status is RunStatus.WAITING_APPROVAL
 
 
 # Record finished attempts. Conditional on status = 'running': a run the reclaimer already
@@ -321,7 +507,7 @@ PARK = """
 WITH v AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(
         occurrence_id bigint, run_id uuid, step_id text, prompt text, context jsonb,
-        approvers jsonb, expires_in double precision)
+        approvers jsonb, expires_in_seconds double precision)
 ), parked AS (
     UPDATE tasks_occurrence AS o
     SET state = 'waiting', lease_owner = NULL, leased_until = NULL, waits = o.waits + 1,
@@ -335,7 +521,8 @@ WITH v AS (
                                 created_at)
     SELECT gen_random_uuid(), p.task_id, v.run_id, p.id, v.step_id, v.prompt, v.context,
            coalesce(v.approvers, '[]'::jsonb), 'pending',
-           clock_timestamp() + make_interval(secs => v.expires_in), '', '', clock_timestamp()
+           clock_timestamp() + make_interval(secs => v.expires_in_seconds), '', '',
+           clock_timestamp()
     FROM parked p JOIN v ON v.occurrence_id = p.id
     ON CONFLICT (run_id, step_id) DO NOTHING
     RETURNING id, task_id, run_id
@@ -347,7 +534,7 @@ FROM requested
 """
 
 
-def retry_delay(
+def occurrence_retry_delay(
     strategy: str, attempt: int, *, cap: float | None = None, base: float = 1.0
 ) -> float:
     """Seconds to wait before the attempt after `attempt` (1-based).
@@ -364,6 +551,41 @@ def retry_delay(
     return random.uniform(0, ceiling)  # noqa: S311 (jitter, not cryptography)
 
 
+@dataclass
+class _FinishBatch:
+    """A batch of outcomes sorted into the rows of each finishing statement."""
+
+    runs: list[dict[str, Any]]
+    done: list[int]
+    parked: list[dict[str, Any]]
+    again: list[dict[str, Any]]  # with "delay" seconds; run_at is set from the DB clock
+
+
+def _sort_outcomes(outcomes: list[Outcome]) -> _FinishBatch:
+    batch = _FinishBatch(runs=[], done=[], parked=[], again=[])
+    for outcome in outcomes:
+        claimed = outcome.claimed
+        batch.runs.append({"id": str(claimed.run_id), "status": outcome.status,
+                           "output": outcome.output, "error": outcome.error,
+                           "steps": outcome.steps})  # fmt: skip
+        if outcome.status == RunStatus.SUCCEEDED:
+            batch.done.append(claimed.occurrence_id)
+        elif outcome.status == RunStatus.WAITING_APPROVAL:
+            park = asdict(outcome.park)
+            batch.parked.append(
+                {"occurrence_id": claimed.occurrence_id, "run_id": str(claimed.run_id), **park}
+            )
+        else:
+            retry = outcome.retryable
+            delay = occurrence_retry_delay(outcome.backoff_strategy, claimed.attempt)
+            batch.again.append({"id": claimed.occurrence_id, "state": "queued" if retry else "dead",
+                                "delay": delay if retry else 0,
+                                "error": outcome.error or outcome.status,
+                                "max_retries": outcome.max_retries,
+                                "run_id": str(claimed.run_id)})  # fmt: skip
+    return batch
+
+
 def finish(owner: str, outcomes: list[Outcome]) -> dict[str, int]:
     """Record a batch of finished attempts in one transaction; return counts by new state.
 
@@ -373,76 +595,28 @@ def finish(owner: str, outcomes: list[Outcome]) -> dict[str, int]:
     """
     if not outcomes:
         return {}
-    runs, done, parked, again = [], [], [], []
-    counts = {"done": 0, "retry": 0, "dead": 0, "waiting": 0}
-    for outcome in outcomes:
-        claimed = outcome.claimed
-        runs.append(
-            {
-                "id": str(claimed.run_id),
-                "status": outcome.status,
-                "output": outcome.output,
-                "error": outcome.error,
-                "steps": outcome.steps,
-            }
-        )
-        if outcome.status == "succeeded":
-            done.append(claimed.occurrence_id)
-            counts["done"] += 1
-        elif outcome.status == "waiting_approval":
-            parked.append(_approval_row(outcome))
-            counts["waiting"] += 1
-        else:
-            retry = outcome.retryable
-            delay = retry_delay(outcome.backoff_strategy, claimed.attempt) if retry else 0
-            again.append({"id": claimed.occurrence_id, "state": "queued" if retry else "dead",
-                          "delay": delay, "error": outcome.error or outcome.status,
-                          "max_retries": outcome.max_retries,
-                          "run_id": str(claimed.run_id)})  # fmt: skip
+    batch = _sort_outcomes(outcomes)
+    counts = {"done": len(batch.done), "retry": 0, "dead": 0}
+    if batch.parked:
+        counts["waiting"] = len(batch.parked)
     with transaction.atomic(), _cursor() as cursor:
         cursor.execute("SELECT clock_timestamp()")
         (now,) = cursor.fetchone()
-        cursor.execute(FINISH_RUNS, [json.dumps(runs, default=str)])
-        if done:
-            cursor.execute(DELETE_DONE, {"ids": done, "owner": owner})
-        if parked:
-            cursor.execute(PARK, {"rows": json.dumps(parked, default=str), "owner": owner})
-        if again:
+        cursor.execute(FINISH_RUNS, [json.dumps(batch.runs, default=str)])
+        if batch.done:
+            cursor.execute(DELETE_DONE, {"ids": batch.done, "owner": owner})
+        if batch.parked:
+            rows = json.dumps(batch.parked, default=str)
+            cursor.execute(PARK, {"rows": rows, "owner": owner})
+        if batch.again:
             rows = [
                 {**row, "run_at": (now + timedelta(seconds=row.pop("delay"))).isoformat()}
-                for row in again
+                for row in batch.again
             ]
             cursor.execute(REQUEUE_OR_BURY, {"rows": json.dumps(rows), "owner": owner})
             for _, state in cursor.fetchall():
                 counts["dead" if state == "dead" else "retry"] += 1
-    if not counts["waiting"]:
-        del counts["waiting"]
     return counts
-
-
-# Approvals nobody decides expire after this long unless the step says otherwise.
-DEFAULT_APPROVAL_SECONDS = 24 * 3600
-# The approval's context is an excerpt: a decider reads it, it is not the data itself.
-CONTEXT_EXCERPT_CHARS = 4000
-
-
-def _approval_row(outcome: Outcome) -> dict[str, Any]:
-    """The Approval an outcome parked on, from the executor's `waiting` output."""
-    waiting = (outcome.output or {}).get("waiting") or {}
-    context = waiting.get("data")
-    text = json.dumps(context, default=str)
-    if len(text) > CONTEXT_EXCERPT_CHARS:
-        context = {"excerpt": text[:CONTEXT_EXCERPT_CHARS], "truncated": True}
-    default = getattr(settings, "APPROVAL_DEFAULT_EXPIRES_SECONDS", DEFAULT_APPROVAL_SECONDS)
-    return {
-        "occurrence_id": outcome.claimed.occurrence_id,
-        "run_id": str(outcome.claimed.run_id),
-        "step_id": waiting.get("step") or "approval",
-        "prompt": waiting.get("message") or "",
-        "context": context,
-        "approvers": waiting.get("approvers") or [],
-        "expires_in": float(waiting.get("expires_in_seconds") or default),
-    }
 
 
 # A decided approval's occurrence goes back to the queue, due now, as its next attempt.

@@ -32,17 +32,29 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from agents.services import revoked_tokens_prune
 from ordinaut.database import Listener
-from tasks import schedules
+from tasks import approvals, schedules
+from tasks.channels import SCHEDULER_CHANNEL, WORKER_CHANNEL, notify
+from tasks.delivery import outbox, streams, webhooks
 from tasks.models import MisfirePolicy, SchedulerHeartbeat, SkipReason
-from tasks.services import SCHEDULER_CHANNEL, WORKER_CHANNEL, record_skipped
+from tasks.queue import enqueue_scheduled
+from tasks.services import record_skipped
 
 logger = logging.getLogger(__name__)
 
 # Occurrences one task may enqueue per tick inside the look-ahead window (a SECONDLY rule).
 MAX_PER_TASK_PER_TICK = 100
-# Seconds between retention passes (tasks.outbox.outbox_prune, agents.revoked_tokens_prune).
-PRUNE_INTERVAL = 60.0
+# Seconds between retention passes (tasks.delivery.outbox.outbox_prune,
+# agents.services.revoked_tokens_prune).
+PRUNE_INTERVAL_SECONDS = 60.0
+# After a database error the loop waits this long, doubling up to the maximum.
+DB_RETRY_FIRST_SECONDS = 0.5
+DB_RETRY_MAX_SECONDS = 10.0
+# Sleeps are cut in slices this long so a stop request is honoured quickly.
+STOP_CHECK_SECONDS = 0.5
+# The per-tick memo of rule evaluations is dropped past this many entries (memory bound).
+MEMO_MAX_ENTRIES = 100_000
 _ONE_MICROSECOND = timedelta(microseconds=1)
 
 # Lock a batch of due, active tasks. SKIP LOCKED: a row another scheduler holds (or a
@@ -56,20 +68,6 @@ WHERE status = 'active' AND next_run_at IS NOT NULL AND next_run_at <= %(horizon
 ORDER BY next_run_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
-"""
-
-# Insert the batch's occurrences in one statement. ON CONFLICT is the backstop of the
-# exactly-once rule (it never fires while next_run_at is maintained as above). The rows
-# travel as one JSON array: encoding it is C-fast, where adapting typed arrays is not.
-INSERT_OCCURRENCES = """
-INSERT INTO tasks_occurrence
-    (task_id, scheduled_for, run_at, priority, concurrency_key, state, attempt, trigger,
-     last_error, correlation_id, created_at)
-SELECT task_id, scheduled_for, run_at, priority, concurrency_key, 'queued', 0, 'schedule',
-       '', '', clock_timestamp()
-FROM jsonb_to_recordset(%s::jsonb) AS v(task_id uuid, scheduled_for timestamptz,
-     run_at timestamptz, priority smallint, concurrency_key text)
-ON CONFLICT (task_id, scheduled_for) DO NOTHING
 """
 
 # Advance every locked task's next_run_at in one statement (rows are ours: we hold locks).
@@ -214,7 +212,7 @@ class Scheduler:
             total.lags += batch.lags
             if batch.tasks < self.batch_size:
                 return total
-            if len(memo) > 100_000:
+            if len(memo) > MEMO_MAX_ENTRIES:
                 memo.clear()
 
     def _tick_batch(self, next_fn: NextFn) -> BatchResult:
@@ -260,13 +258,11 @@ class Scheduler:
                         "next_run_at": plan.next_run_at and plan.next_run_at.isoformat(),
                     }
                 )
-            if occurrences:
-                cursor.execute(INSERT_OCCURRENCES, [json.dumps(occurrences)])
-                result.enqueued = cursor.rowcount
+            result.enqueued = enqueue_scheduled(occurrences)
             cursor.execute(ADVANCE_TASKS, [json.dumps(advances)])
             if earliest_run_at is not None and earliest_run_at <= self.clock():
                 # Wake idle workers for work that is already due (future work they poll for).
-                cursor.execute("SELECT pg_notify(%s, '')", [WORKER_CHANNEL])
+                notify(WORKER_CHANNEL)
             result.tasks = len(rows)
         committed = self.clock().timestamp()
         result.lags = [committed - instant for instant in result.lags]
@@ -307,12 +303,10 @@ class Scheduler:
         errors propagate to the loop like the tick's own; the inbound stream and webhooks
         are side channels whose errors are logged and retried next tick.
         """
-        from tasks import outbox, streams, webhooks
-
         if self._redis is None:
             self._redis = outbox.redis_client()
         outbox.relay_safely(self._redis)
-        self._expire_approvals()
+        approvals.approval_expire_due()
         streams.consume_safely(self._redis, consumer=self.name)
         webhooks.deliver_webhooks_safely()
         self._prune()
@@ -322,26 +316,16 @@ class Scheduler:
         now = time.monotonic()
         if now < self._next_prune:
             return
-        self._next_prune = now + PRUNE_INTERVAL
-        from agents.services import revoked_tokens_prune
-        from tasks.outbox import outbox_prune
-
-        pruned = {"outbox": outbox_prune(), "revoked_tokens": revoked_tokens_prune()}
+        self._next_prune = now + PRUNE_INTERVAL_SECONDS
+        pruned = {"outbox": outbox.outbox_prune(), "revoked_tokens": revoked_tokens_prune()}
         if any(pruned.values()):
             logger.info("pruned history past retention", extra={"pruned": pruned})
-
-    def _expire_approvals(self) -> None:
-        try:
-            from tasks.services import approval_expire_due
-        except ImportError:
-            return
-        approval_expire_due()
 
     # -- loop -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
         """Tick, heartbeat, sleep until due or notified; survive database restarts."""
-        backoff = 0.5
+        backoff = DB_RETRY_FIRST_SECONDS
         while not stop.is_set():
             try:
                 if not once:
@@ -352,7 +336,7 @@ class Scheduler:
                 self.housekeeping()
                 self._heartbeat(result)
                 self._log_tick(result, time.monotonic() - started)
-                backoff = 0.5
+                backoff = DB_RETRY_FIRST_SECONDS
                 if once:
                     return
                 self._sleep(stop)
@@ -366,7 +350,7 @@ class Scheduler:
                 )  # fmt: skip
                 self._reset_connections()
                 stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, DB_RETRY_MAX_SECONDS)
         self._listener.close()
 
     def _sleep(self, stop: threading.Event) -> None:
@@ -384,7 +368,7 @@ class Scheduler:
         # Wake in short slices so a stop request is honoured quickly.
         while not stop.is_set():
             left = deadline - time.monotonic()
-            if left <= 0 or self._listener.wait(min(left, 0.5)):
+            if left <= 0 or self._listener.wait(min(left, STOP_CHECK_SECONDS)):
                 return
 
     def _reset_connections(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue as stdlib_queue
+import queue
 import socket
 import threading
 import time
@@ -27,27 +27,45 @@ from django.utils import timezone
 
 from ordinaut.correlation import reset_correlation_id, set_correlation_id
 from ordinaut.database import Listener
-from tasks import queue
-from tasks.models import Event, Run, RunStatus, Task, WorkerHeartbeat
-from tasks.services import WORKER_CHANNEL
+from pipelines.executor import ExecutionResult, execute
+from tasks import queue as occurrence_queue
+from tasks.approvals import park_request
+from tasks.channels import WORKER_CHANNEL
+from tasks.models import Event, Run, RunStatus, Task, WorkerHeartbeat, run_status_for
 
 logger = logging.getLogger("ordinaut.worker")
 run_logger = logging.getLogger("ordinaut.runs")
 
+# Heartbeats (lease extension) run every lease / HEARTBEATS_PER_LEASE seconds.
+HEARTBEATS_PER_LEASE = 3
+# Expired leases are reclaimed at most this often (seconds), or every half lease if shorter.
+RECLAIM_INTERVAL_SECONDS = 5.0
+# Hold enough claimed work to keep every thread busy for this many seconds...
+PREFETCH_HORIZON_SECONDS = 0.25
+# ...but at most this many occurrences, and at least PREFETCH_PER_THREAD per thread.
+PREFETCH_MAX = 1000
+PREFETCH_PER_THREAD = 2
+# A cached Task is re-read after this many seconds (edits apply to the next claim).
+TASK_CACHE_SECONDS = 5.0
+TASK_CACHE_MAX_ENTRIES = 10_000
+# How long the loop blocks for the first result, then for more to join its commit.
+RESULT_WAIT_SECONDS = 0.05
+RESULT_BATCH_WINDOW_SECONDS = 0.01
+# A run past its deadline gets this long to notice before the worker ends it itself.
+TIMEOUT_GRACE_SECONDS = 5.0
+# After a database error the loop waits this long, doubling up to the maximum.
+DB_RETRY_FIRST_SECONDS = 0.5
+DB_RETRY_MAX_SECONDS = 10.0
+# Sleeps are cut in slices this long so a stop request is honoured quickly.
+STOP_CHECK_SECONDS = 0.5
+
 
 @dataclass
 class _InFlight:
-    claimed: queue.Claimed
+    claimed: occurrence_queue.ClaimedOccurrence
     task: Task
     future: Future
     deadline: float | None  # monotonic; None: no run timeout
-
-
-def execute_pipeline(run: Run, *, deadline: float | None, event: dict | None = None) -> Any:
-    """Run the task's pipeline through the pipelines executor (imported late: optional app)."""
-    from pipelines.executor import execute
-
-    return execute(run, event=event, deadline=deadline)
 
 
 def event_context(event_id: Any) -> dict[str, Any] | None:
@@ -88,9 +106,9 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.name = name or f"worker@{socket.gethostname()}:{os.getpid()}"
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="run")
-        self._results: stdlib_queue.Queue = stdlib_queue.Queue()
+        self._results: queue.Queue = queue.Queue()
         self._in_flight: dict[int, _InFlight] = {}
-        self._unrecorded: list[queue.Outcome] = []
+        self._unrecorded: list[occurrence_queue.Outcome] = []
         # Moving average of run durations (seconds); starts pessimistic (slow pipelines).
         self._avg_run_seconds = 1.0
         self._tasks: dict[Any, Task] = {}
@@ -104,12 +122,12 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Claim, execute, record, until `stop` (or, with burst, until the queue is empty)."""
-        backoff = 0.5
+        backoff = DB_RETRY_FIRST_SECONDS
         while not stop.is_set():
             try:
                 self._listener.connect()
                 worked = self.run_once()
-                backoff = 0.5
+                backoff = DB_RETRY_FIRST_SECONDS
                 if self.burst and not worked and not self._in_flight:
                     break
                 if not worked:
@@ -118,23 +136,23 @@ class Worker:
                 logger.warning("database unavailable, retrying in %.1fs: %s", backoff, exc)
                 self._reset_connections()
                 stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, DB_RETRY_MAX_SECONDS)
         self._shutdown()
 
     def run_once(self) -> bool:
         """One pass: housekeeping, claim what fits, record what finished. True if it did work."""
         now = time.monotonic()
-        if now - self._last_beat > self.lease_seconds / 3:
+        if now - self._last_beat > self.lease_seconds / HEARTBEATS_PER_LEASE:
             self._heartbeat()
-        if now - self._last_reclaim > min(5.0, self.lease_seconds / 2):
+        if now - self._last_reclaim > min(RECLAIM_INTERVAL_SECONDS, self.lease_seconds / 2):
             self._last_reclaim = now
-            for occurrence_id, state in queue.reclaim_expired():
+            for occurrence_id, state in occurrence_queue.reclaim_expired():
                 logger.warning("reclaimed occurrence %s -> %s", occurrence_id, state)
         room = self._prefetch() - len(self._in_flight)
         # Claim in batches: topping up one slot at a time would cost a commit per run.
         claimed = []
         if room > 0 and (not self._in_flight or room >= self._prefetch() // 2):
-            claimed = queue.claim(
+            claimed = occurrence_queue.claim(
                 self.name, room, lease_seconds=self.lease_seconds,
                 concurrency_keys=self.concurrency_keys,
             )  # fmt: skip
@@ -149,12 +167,12 @@ class Worker:
         Slow pipelines get two per thread (a long run must not sit on work another worker
         could start); fast ones get big batches, because each batch costs two commits.
         """
-        wanted = int(self.concurrency * 0.25 / max(self._avg_run_seconds, 1e-4))
-        return max(2 * self.concurrency, min(wanted, 1000))
+        wanted = int(self.concurrency * PREFETCH_HORIZON_SECONDS / max(self._avg_run_seconds, 1e-4))
+        return max(PREFETCH_PER_THREAD * self.concurrency, min(wanted, PREFETCH_MAX))
 
     # -- executing --------------------------------------------------------------------------
 
-    def _start(self, claimed: queue.Claimed) -> None:
+    def _start(self, claimed: occurrence_queue.ClaimedOccurrence) -> None:
         task = self._task(claimed.task_id)
         deadline = time.monotonic() + task.timeout_seconds if task.timeout_seconds else None
         future = self._pool.submit(self._execute, claimed, task, deadline)
@@ -163,15 +181,17 @@ class Worker:
     def _task(self, task_id: Any) -> Task:
         # Tasks change rarely and runs are many: cache them briefly (edits apply next claim).
         task = self._tasks.get(task_id)
-        if task is None or time.monotonic() - task._cached_at > 5:
+        if task is None or time.monotonic() - task._cached_at > TASK_CACHE_SECONDS:
             task = Task.objects.select_related("created_by").get(pk=task_id)
             task._cached_at = time.monotonic()
-            if len(self._tasks) > 10_000:
+            if len(self._tasks) > TASK_CACHE_MAX_ENTRIES:
                 self._tasks.clear()
             self._tasks[task_id] = task
         return task
 
-    def _execute(self, claimed: queue.Claimed, task: Task, deadline: float | None) -> None:
+    def _execute(
+        self, claimed: occurrence_queue.ClaimedOccurrence, task: Task, deadline: float | None
+    ) -> None:
         """Runs in a pool thread. Never raises: every failure becomes an outcome."""
         token = set_correlation_id(claimed.correlation_id)
         started = time.perf_counter()
@@ -188,10 +208,7 @@ class Worker:
                 correlation_id=claimed.correlation_id,
             )
             event = event_context(claimed.event_id)
-            result = execute_pipeline(run, deadline=deadline, event=event)
-            outcome = self._outcome(claimed, task, result.status, result.output, result.error,
-                                    retryable=result.retryable)  # fmt: skip
-            outcome.steps = result.steps
+            outcome = self._finished(claimed, task, execute(run, event=event, deadline=deadline))
         except Exception as exc:  # the executor promises not to raise; this is the backstop
             error = f"executor crashed: {type(exc).__name__}: {exc}"
             logger.error("%s\n%s", error, traceback.format_exc())
@@ -202,13 +219,34 @@ class Worker:
         outcome.duration_ms = (time.perf_counter() - started) * 1000
         self._results.put(outcome)
 
-    @staticmethod
-    def _outcome(claimed, task, status, output, error, *, retryable=True) -> queue.Outcome:  # noqa: ANN001
-        if status == "waiting":
+    @classmethod
+    def _finished(
+        cls, claimed: occurrence_queue.ClaimedOccurrence, task: Task, result: ExecutionResult
+    ) -> occurrence_queue.Outcome:
+        """The queue's outcome for a pipeline that returned `result`."""
+        outcome = cls._outcome(
+            claimed, task, run_status_for(result.status), result.output, result.error,
+            retryable=result.retryable,
+        )  # fmt: skip
+        outcome.steps = result.steps
+        if result.approval is not None:
             # Parked for a human decision: finish parks the occurrence and creates the
             # Approval; the decision requeues it. Not a failure, and not a retry.
-            status, retryable = RunStatus.WAITING_APPROVAL, False
-        return queue.Outcome(
+            outcome.park = park_request(result.approval)
+            outcome.retryable = False
+        return outcome
+
+    @staticmethod
+    def _outcome(
+        claimed: occurrence_queue.ClaimedOccurrence,
+        task: Task,
+        status: str,
+        output: Any,
+        error: str | None,
+        *,
+        retryable: bool = True,
+    ) -> occurrence_queue.Outcome:
+        return occurrence_queue.Outcome(
             claimed=claimed, status=status, output=output, error=error, retryable=retryable,
             max_retries=task.max_retries, backoff_strategy=task.backoff_strategy,
         )  # fmt: skip
@@ -224,19 +262,19 @@ class Worker:
         outcomes = self._unrecorded
         try:
             if block and not outcomes:
-                outcomes.append(self._results.get(timeout=0.05))
+                outcomes.append(self._results.get(timeout=RESULT_WAIT_SECONDS))
                 # More results are usually a moment away: one commit for all of them.
-                window = time.monotonic() + min(0.01, self._avg_run_seconds)
+                window = time.monotonic() + min(RESULT_BATCH_WINDOW_SECONDS, self._avg_run_seconds)
                 while len(outcomes) < len(self._in_flight) and time.monotonic() < window:
                     outcomes.append(self._results.get(timeout=max(0.0, window - time.monotonic())))
             while True:
                 outcomes.append(self._results.get_nowait())
-        except stdlib_queue.Empty:
+        except queue.Empty:
             pass
         outcomes += self._timed_out()
         # Drop results for work no longer ours (timed out earlier, or lease taken over), and
         # a thread's result that raced its own timeout verdict (first verdict wins).
-        unique: dict[int, queue.Outcome] = {}
+        unique: dict[int, occurrence_queue.Outcome] = {}
         for outcome in outcomes:
             if outcome.claimed.occurrence_id in self._in_flight:
                 unique.setdefault(outcome.claimed.occurrence_id, outcome)
@@ -244,7 +282,7 @@ class Worker:
         self._unrecorded = outcomes
         if not outcomes:
             return 0
-        counts = queue.finish(self.name, outcomes)
+        counts = occurrence_queue.finish(self.name, outcomes)
         self._unrecorded = []
         for outcome in outcomes:
             self._in_flight.pop(outcome.claimed.occurrence_id, None)
@@ -254,7 +292,7 @@ class Worker:
         logger.debug("recorded %s", counts)
         return len(outcomes)
 
-    def _timed_out(self) -> list[queue.Outcome]:
+    def _timed_out(self) -> list[occurrence_queue.Outcome]:
         """Runs past their deadline (plus a grace for the executor to notice) end now.
 
         The thread may still be stuck in a tool that ignores timeouts; its late result is
@@ -264,7 +302,7 @@ class Worker:
         late = []
         pending = {o.claimed.occurrence_id for o in self._unrecorded}
         for item in list(self._in_flight.values()):
-            overdue = item.deadline is not None and now > item.deadline + 5
+            overdue = item.deadline is not None and now > item.deadline + TIMEOUT_GRACE_SECONDS
             if overdue and not item.future.done() and item.claimed.occurrence_id not in pending:
                 late.append(
                     self._outcome(
@@ -277,7 +315,7 @@ class Worker:
                 )
         return late
 
-    def _log_run(self, outcome: queue.Outcome) -> None:
+    def _log_run(self, outcome: occurrence_queue.Outcome) -> None:
         claimed = outcome.claimed
         run_logger.info(
             "run %s %s", claimed.run_id, outcome.status,
@@ -304,7 +342,7 @@ class Worker:
         if self._in_flight:
             return  # _collect already blocked briefly on results
         wait = self.poll_interval
-        due_in = queue.seconds_until_next_due()
+        due_in = occurrence_queue.seconds_until_next_due()
         if due_in is not None and due_in > 0:
             # Due rows that could not be claimed (a busy concurrency key, locked by another
             # worker) give due_in <= 0: those wait for a NOTIFY or the poll instead.
@@ -313,12 +351,14 @@ class Worker:
         # Wake in short slices so a stop request is honoured quickly.
         while not stop.is_set():
             left = deadline - time.monotonic()
-            if left <= 0 or self._listener.wait(min(left, 0.5)):
+            if left <= 0 or self._listener.wait(min(left, STOP_CHECK_SECONDS)):
                 return
 
     def _heartbeat(self) -> None:
         self._last_beat = time.monotonic()
-        held = queue.heartbeat(self.name, list(self._in_flight), lease_seconds=self.lease_seconds)
+        held = occurrence_queue.heartbeat(
+            self.name, list(self._in_flight), lease_seconds=self.lease_seconds
+        )
         for occurrence_id in set(self._in_flight) - held:
             # Our lease was taken over (we were too slow): another attempt owns the work.
             logger.warning("lost the lease of occurrence %s", occurrence_id)
@@ -339,20 +379,23 @@ class Worker:
     def _shutdown(self) -> None:
         """Stop claiming; release what never started; let running pipelines finish within
         the grace period; requeue what is still running after it (as a canceled attempt)."""
+        with contextlib.suppress(DatabaseError, psycopg.Error):
+            # Operators (and /health) see a draining worker as stopping, not as stale.
+            WorkerHeartbeat.objects.filter(id=self.name).update(stopping=True)
         unstarted = [oid for oid, item in self._in_flight.items() if item.future.cancel()]
         for oid in unstarted:
             del self._in_flight[oid]
         with contextlib.suppress(DatabaseError, psycopg.Error):
-            queue.release(self.name, unstarted)
+            occurrence_queue.release(self.name, unstarted)
         deadline = time.monotonic() + self.shutdown_grace
         while self._in_flight and time.monotonic() < deadline:
             try:
                 self._collect(block=True)
-                if time.monotonic() - self._last_beat > self.lease_seconds / 3:
+                if time.monotonic() - self._last_beat > self.lease_seconds / HEARTBEATS_PER_LEASE:
                     self._heartbeat()
             except (DatabaseError, psycopg.Error) as exc:
                 logger.warning("cannot record results during shutdown: %s", exc)
-                time.sleep(0.5)
+                time.sleep(DB_RETRY_FIRST_SECONDS)
                 self._reset_connections()
         if self._in_flight:
             stuck = [
@@ -362,7 +405,7 @@ class Worker:
             ]  # fmt: skip
             logger.warning("%d run(s) still running after the grace period; requeued", len(stuck))
             with contextlib.suppress(DatabaseError, psycopg.Error):
-                queue.finish(self.name, stuck)
+                occurrence_queue.finish(self.name, stuck)
             self._in_flight.clear()
         with contextlib.suppress(DatabaseError, psycopg.Error):
             WorkerHeartbeat.objects.filter(id=self.name).delete()

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import Actor
-from tasks import services
+from tasks import approvals
 from tasks.models import Approval, Occurrence, OutboxMessage, Run, RunStatus
 from tasks.scheduler import Scheduler
 from tasks.worker import Worker
@@ -163,7 +163,7 @@ def test_pending_but_past_its_expiry_cannot_be_decided(parked):
     from ordinaut.errors import Conflict
 
     with pytest.raises(Conflict, match="expired"):
-        services.approval_decide(
+        approvals.approval_decide(
             approval_id=approval.pk, decision="approve", actor=Actor.system("t")
         )
 

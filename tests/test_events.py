@@ -13,7 +13,7 @@ from mcp import Client
 from agents.mcp_server import build_server
 from audit.models import AuditEvent
 from audit.services import Actor
-from tasks import services
+from tasks import events
 from tasks.models import Event, Occurrence, Run, RunStatus
 from tasks.worker import Worker
 from tests.api_support import (  # noqa: F401 (fixtures)
@@ -155,7 +155,7 @@ def test_two_events_in_the_same_microsecond_both_enqueue():
     task = event_task(agent, "tick")
     at = timezone.now()
     for _ in range(3):
-        services.event_publish(topic="tick", payload={}, actor=Actor.system("t"), now=at)
+        events.event_publish(topic="tick", payload={}, actor=Actor.system("t"), now=at)
     instants = sorted(Occurrence.objects.filter(task=task).values_list("scheduled_for", flat=True))
     assert instants == [at, at + timedelta(microseconds=1), at + timedelta(microseconds=2)]
 
@@ -196,7 +196,7 @@ def test_the_pipeline_reads_the_triggering_event():
             ]
         },
     )
-    event, _ = services.event_publish(
+    event, _ = events.event_publish(
         topic="orders.paid", payload={"order_id": 42}, source=agent, actor=Actor.system("t")
     )
     Worker(concurrency=1, burst=True, poll_interval=0.2).run(threading.Event())

@@ -11,7 +11,8 @@ from django.conf import settings as django_settings
 
 from audit.services import Actor
 from ordinaut.errors import Conflict
-from tasks import outbox, queue, services
+from tasks import queue, services
+from tasks.delivery import outbox
 from tasks.models import OutboxMessage
 from tasks.scheduler import Scheduler
 from tests.factories import make_agent, make_occurrence, make_task

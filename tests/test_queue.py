@@ -222,7 +222,7 @@ def test_release_returns_unstarted_work_without_counting_an_attempt(task):
 def test_exponential_jitter_stays_within_its_bounds(attempt, settings):
     settings.WORKER_BACKOFF_MAX_DELAY = 20
     ceiling = min(20, 2 ** (attempt - 1))
-    delays = [queue.retry_delay("exponential_jitter", attempt) for _ in range(2000)]
+    delays = [queue.occurrence_retry_delay("exponential_jitter", attempt) for _ in range(2000)]
     assert all(0 <= d <= ceiling for d in delays)
     # Full jitter spreads over the whole range, not just near the ceiling.
     assert min(delays) < ceiling * 0.1
@@ -231,8 +231,8 @@ def test_exponential_jitter_stays_within_its_bounds(attempt, settings):
 
 def test_linear_and_fixed_backoff_are_capped(settings):
     settings.WORKER_BACKOFF_MAX_DELAY = 5
-    assert [queue.retry_delay("linear", a) for a in (1, 3, 9)] == [1, 3, 5]
-    assert [queue.retry_delay("fixed", a) for a in (1, 9)] == [1, 1]
+    assert [queue.occurrence_retry_delay("linear", a) for a in (1, 3, 9)] == [1, 3, 5]
+    assert [queue.occurrence_retry_delay("fixed", a) for a in (1, 9)] == [1, 1]
 
 
 @pytest.mark.django_db(transaction=True)

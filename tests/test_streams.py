@@ -12,7 +12,8 @@ from django.conf import settings as django_settings
 from django.db import connections
 
 from audit.services import Actor
-from tasks import services, streams
+from tasks import services
+from tasks.delivery import streams
 from tasks.models import Event, Occurrence
 from tasks.scheduler import Scheduler
 from tests.factories import make_agent

@@ -15,9 +15,9 @@ from django.db import connections
 from django.utils import timezone
 
 from tasks import queue
+from tasks.delivery.webhooks import deliver_webhooks
 from tasks.models import WEBHOOK_EVENT_TYPES, OutboxMessage, WebhookAttempt, WebhookDelivery
 from tasks.scheduler import Scheduler
-from tasks.webhooks import deliver_webhooks
 from tests.factories import make_agent, make_occurrence, make_task
 
 pytestmark = pytest.mark.django_db

@@ -13,7 +13,7 @@ from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
 
-from tasks.models import Occurrence, Run, Task
+from tasks.models import Occurrence, Run, Task, WorkerHeartbeat
 from tests.conftest import ROOT, command_env, wait_for
 from tests.factories import make_agent
 
@@ -184,6 +184,21 @@ def test_sigterm_lets_running_pipeline_finish_and_releases_the_rest(test_databas
     assert list(runs.values_list("status", flat=True)) == ["succeeded"]
     # The two it had prefetched but not started are back in the queue, attempts uncounted.
     assert list(Occurrence.objects.values_list("state", "attempt")) == [("queued", 0)] * 2
+
+
+def test_draining_worker_is_marked_stopping_then_removed(test_database_url):
+    task = make(sleeping(3))
+    enqueue(task, 1)
+    proc = start_worker(test_database_url, "--concurrency", "1", "--shutdown-grace", "20")
+    wait_for(lambda: Run.objects.filter(task=task).exists(), 30, "never started")
+    assert WorkerHeartbeat.objects.filter(stopping=False).count() == 1
+    proc.send_signal(signal.SIGTERM)
+    # While its pipeline finishes, the worker is there and says it is stopping.
+    wait_for(lambda: WorkerHeartbeat.objects.filter(stopping=True).exists(), 10, "not stopping")
+    code, output = stop(proc)
+    assert code == 0, output
+    assert not WorkerHeartbeat.objects.exists()
+    assert Run.objects.get(task=task).status == "succeeded"
 
 
 def test_sigterm_past_grace_requeues_the_running_attempt(test_database_url):

@@ -32,6 +32,17 @@ class ToolTimeout(ToolError):
 
 
 @dataclass(frozen=True)
+class ApprovalRequest:
+    """The decision a parked step waits for."""
+
+    step_id: str
+    prompt: str
+    context: Any
+    approvers: list[str]
+    expires_in_seconds: float | None  # None: the installation's default
+
+
+@dataclass
 class ToolWaiting:
     """Returned by a tool that parks the run until something outside decides (approvals).
 
@@ -40,6 +51,7 @@ class ToolWaiting:
     """
 
     output: dict[str, Any]
+    approval: ApprovalRequest | None = None
 
 
 @dataclass

@@ -49,13 +49,6 @@ from tasks.models import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RETRY_WINDOW_SECONDS = 86400
-DEFAULT_RETRY_BASE_SECONDS = 10.0
-DEFAULT_RETRY_MAX_DELAY_SECONDS = 3600.0
-DEFAULT_TIMEOUT_SECONDS = 5.0
-DEFAULT_CONCURRENCY = 8
-DEFAULT_SEND_BUDGET_SECONDS = 2.0
-DEFAULT_FANOUT_BATCH = 500
 OUTPUT_EXCERPT_CHARS = 4000
 ERROR_EXCERPT_CHARS = 2000
 RESPONSE_EXCERPT_CHARS = 500
@@ -63,15 +56,10 @@ SECRET_LABEL = b"ordinaut.webhooks.signing.v1"
 USER_AGENT = "Ordinaut-Webhooks/1"
 
 
-def _setting(name: str, default: Any) -> Any:
-    return getattr(settings, name, default)
-
-
 def signing_secret() -> str:
     """WEBHOOK_SIGNING_SECRET, or (unset) a key derived from SECRET_KEY for this deployment."""
-    secret = _setting("WEBHOOK_SIGNING_SECRET", "")
-    if secret:
-        return secret
+    if settings.WEBHOOK_SIGNING_SECRET:
+        return settings.WEBHOOK_SIGNING_SECRET
     # Derived rather than SECRET_KEY itself: a receiver learning it learns nothing else.
     return hmac.new(settings.SECRET_KEY.encode(), SECRET_LABEL, hashlib.sha256).hexdigest()
 
@@ -155,7 +143,7 @@ def create_deliveries(
     *, now: datetime | None = None, limit: int | None = None, max_batches: int = 20
 ) -> int:
     """Turn new run outcomes into deliveries, batch after batch; return how many were created."""
-    limit = limit or int(_setting("WEBHOOK_FANOUT_BATCH", DEFAULT_FANOUT_BATCH))
+    limit = limit or settings.WEBHOOK_FANOUT_BATCH
     created = 0
     for _ in range(max_batches):
         handled, batch_created = _fan_out_batch(now=now or timezone.now(), limit=limit)
@@ -230,7 +218,7 @@ RETURNING id, url, event_type, payload, attempts, created_at
 
 
 @dataclass(frozen=True)
-class Claimed:
+class ClaimedDelivery:
     id: int
     url: str
     event_type: str
@@ -263,7 +251,7 @@ class WebhookRound:
     results: list[AttemptResult] = field(default_factory=list, repr=False)
 
 
-def claim_due(*, now: datetime, limit: int, lease_seconds: float) -> list[Claimed]:
+def claim_due(*, now: datetime, limit: int, lease_seconds: float) -> list[ClaimedDelivery]:
     """Claim up to `limit` due deliveries for one round of POSTs (committed on return)."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
@@ -272,7 +260,7 @@ def claim_due(*, now: datetime, limit: int, lease_seconds: float) -> list[Claime
         )
         rows = cursor.fetchall()
     return [
-        Claimed(
+        ClaimedDelivery(
             id=row[0],
             url=row[1],
             event_type=row[2],
@@ -289,7 +277,7 @@ def encode_body(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
 
-def post(client: httpx.Client, claimed: Claimed, *, secret: str) -> AttemptResult:
+def post(client: httpx.Client, claimed: ClaimedDelivery, *, secret: str) -> AttemptResult:
     """POST one delivery, signed; never raises. Touches no database (runs in a thread)."""
     from pipelines.tools.base import ToolError
     from pipelines.tools.http import check_target
@@ -336,21 +324,21 @@ def _storable(text: str) -> str:
     return text.replace("\x00", "")[:ERROR_EXCERPT_CHARS]
 
 
-def retry_delay(attempt: int) -> float:
+def delivery_retry_delay(attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: base * 2**(attempt - 1), capped."""
-    base = float(_setting("WEBHOOK_RETRY_BASE_SECONDS", DEFAULT_RETRY_BASE_SECONDS))
-    cap = float(_setting("WEBHOOK_RETRY_MAX_DELAY_SECONDS", DEFAULT_RETRY_MAX_DELAY_SECONDS))
+    base = float(settings.WEBHOOK_RETRY_BASE_SECONDS)
+    cap = float(settings.WEBHOOK_RETRY_MAX_DELAY_SECONDS)
     return min(cap, base * 2 ** max(0, attempt - 1))
 
 
-def record_attempt(claimed: Claimed, result: AttemptResult, *, now: datetime) -> str:
+def record_attempt(claimed: ClaimedDelivery, result: AttemptResult, *, now: datetime) -> str:
     """Store the attempt and move the delivery on; return its new status.
 
     Conditional on (pending, our attempt number): if our lease ran out and another sender
     took the delivery meanwhile, our verdict does not overwrite its state.
     """
-    window = float(_setting("WEBHOOK_RETRY_WINDOW_SECONDS", DEFAULT_RETRY_WINDOW_SECONDS))
-    next_at = now + timedelta(seconds=retry_delay(claimed.attempt))
+    window = float(settings.WEBHOOK_RETRY_WINDOW_SECONDS)
+    next_at = now + timedelta(seconds=delivery_retry_delay(claimed.attempt))
     if result.delivered:
         status = WebhookStatus.DELIVERED
     elif not result.retryable or next_at > claimed.created_at + timedelta(seconds=window):
@@ -387,10 +375,10 @@ def send_due(*, now: datetime | None = None, budget: float | None = None) -> Web
     The loop is bounded by WEBHOOK_SEND_BUDGET_SECONDS plus one request timeout.
     """
     fixed_now = now
-    concurrency = int(_setting("WEBHOOK_CONCURRENCY", DEFAULT_CONCURRENCY))
-    timeout = float(_setting("WEBHOOK_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS))
+    concurrency = int(settings.WEBHOOK_CONCURRENCY)
+    timeout = float(settings.WEBHOOK_TIMEOUT_SECONDS)
     if budget is None:
-        budget = float(_setting("WEBHOOK_SEND_BUDGET_SECONDS", DEFAULT_SEND_BUDGET_SECONDS))
+        budget = float(settings.WEBHOOK_SEND_BUDGET_SECONDS)
     deadline = time.monotonic() + budget
     secret = signing_secret()
     outcome = WebhookRound()

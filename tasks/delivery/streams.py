@@ -28,12 +28,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.db import DataError
+
+from agents.models import Agent
+from audit.services import Actor
+from ordinaut.errors import InvalidInput
+from ordinaut.scopes import EVENTS_PUBLISH, grants
+from tasks.events import event_publish
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STREAM = "ordinaut:events:in"
-DEFAULT_GROUP = "ordinaut"
-DEFAULT_CLAIM_IDLE_SECONDS = 60.0
 MAX_COUNT = 100
 
 
@@ -54,11 +58,11 @@ class ConsumeResult:
 
 
 def stream_name() -> str:
-    return getattr(settings, "INBOUND_EVENT_STREAM", DEFAULT_STREAM)
+    return settings.INBOUND_EVENT_STREAM
 
 
 def group_name() -> str:
-    return getattr(settings, "INBOUND_EVENT_GROUP", DEFAULT_GROUP)
+    return settings.INBOUND_EVENT_GROUP
 
 
 def ensure_group(client: Any) -> None:
@@ -109,14 +113,6 @@ def store_entry(fields: dict[Any, Any]) -> bool:
 
     Raises Rejected when it can never be stored; database errors propagate.
     """
-    from django.db import DataError
-
-    from agents.models import Agent
-    from ordinaut.scopes import EVENTS_PUBLISH, grants
-    from audit.services import Actor
-    from ordinaut.errors import InvalidInput
-    from tasks.services import event_publish
-
     parsed = parse_entry(fields)
     source = Agent.objects.filter(pk=parsed["source_agent_id"], is_active=True).first()
     if source is None:
@@ -172,9 +168,7 @@ def _consume(
 ) -> ConsumeResult:
     stream, group = stream_name(), group_name()
     if claim_idle_seconds is None:
-        claim_idle_seconds = float(
-            getattr(settings, "INBOUND_EVENT_CLAIM_IDLE_SECONDS", DEFAULT_CLAIM_IDLE_SECONDS)
-        )
+        claim_idle_seconds = float(settings.INBOUND_EVENT_CLAIM_IDLE_SECONDS)
     result = ConsumeResult()
     # Entries a consumer read but never acknowledged (it crashed, or its commit failed).
     reply = client.xautoclaim(

@@ -31,9 +31,6 @@ from tasks.models import WEBHOOK_EVENT_TYPES, OutboxMessage
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STREAM = "ordinaut:events:out"
-DEFAULT_MAXLEN = 100_000
-DEFAULT_BATCH = 1000
 # Any constant unique to this lock (pg advisory locks share one keyspace).
 RELAY_LOCK = 0x6F7264_0001
 
@@ -64,7 +61,7 @@ MARK_SENT = "UPDATE tasks_outboxmessage SET sent_at = clock_timestamp() WHERE id
 
 def redis_client() -> Any | None:
     """A client for REDIS_URL with short timeouts, or None when Redis is not configured."""
-    url = getattr(settings, "REDIS_URL", "")
+    url = settings.REDIS_URL
     if not url:
         return None
     import redis
@@ -77,9 +74,9 @@ def relay(client: Any, *, batch: int | None = None, max_batches: int = 20) -> in
 
     Raises redis.RedisError when Redis fails; what was not stamped stays unsent.
     """
-    batch = batch or int(getattr(settings, "OUTBOX_RELAY_BATCH", DEFAULT_BATCH))
-    stream = getattr(settings, "OUTBOX_STREAM", DEFAULT_STREAM)
-    maxlen = int(getattr(settings, "OUTBOX_STREAM_MAXLEN", DEFAULT_MAXLEN))
+    batch = batch or settings.OUTBOX_RELAY_BATCH
+    stream = settings.OUTBOX_STREAM
+    maxlen = settings.OUTBOX_STREAM_MAXLEN
     published = 0
     for _ in range(max_batches):
         with transaction.atomic(), connection.cursor() as cursor:
