@@ -29,6 +29,7 @@ from ordinaut import scopes
 from ordinaut.api import page
 from ordinaut.correlation import new_correlation_id, reset_correlation_id, set_correlation_id
 from ordinaut.errors import Forbidden, OrdinautError, Unauthenticated
+from pipelines.api import tool_catalog
 from tasks import approvals, events, selectors, services
 from tasks.models import TaskStatus
 from tasks.serializers import (
@@ -322,16 +323,7 @@ def build_server(*, stdio_token: str | None = None) -> MCPServer:
     async def list_tools(ctx: Context) -> dict[str, Any]:
         """Tools a pipeline step may use, with their schemas and required scopes."""
 
-        def work(caller: Caller) -> dict[str, Any]:
-            try:
-                from pipelines.registry import list_tools as registry_tools
-            except ImportError:
-                return {}
-            from tasks.api import _tool_entry
-
-            return dict(_tool_entry(tool) for tool in registry_tools())
-
-        return await run(ctx, scopes.TOOLS_READ, work)
+        return await run(ctx, scopes.TOOLS_READ, lambda caller: tool_catalog())
 
     @server.tool()
     async def publish_event(

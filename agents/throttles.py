@@ -19,6 +19,7 @@ from typing import Any
 
 from django.core.cache import cache
 from django.core.cache.backends.base import InvalidCacheBackendError
+from django_redis import get_redis_connection
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
@@ -68,10 +69,8 @@ breaker = _Breaker()
 def _redis_client() -> Any | None:
     """The django-redis client behind the default cache, or None for other backends."""
     try:
-        from django_redis import get_redis_connection
-
         return get_redis_connection("default")
-    except (NotImplementedError, InvalidCacheBackendError, ImportError, AttributeError):
+    except (NotImplementedError, InvalidCacheBackendError, AttributeError):
         return None
 
 

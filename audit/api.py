@@ -10,11 +10,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ordinaut import scopes
 from agents.permissions import HasScope
 from agents.throttles import AgentRateThrottle
 from audit.models import AuditEvent
 from audit.selectors import audit_event_list
+from ordinaut import scopes
 from ordinaut.api import PageQuerySerializer, iso, page, parse_query
 
 

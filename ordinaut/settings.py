@@ -192,6 +192,8 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["agents.authentication.AgentAuthentication"],
     # Deny by default: every view names its own permission classes and scope.
     "DEFAULT_PERMISSION_CLASSES": ["agents.permissions.HasScope"],
+    # Counts only views that name a throttle_scope; views may still declare their own.
+    "DEFAULT_THROTTLE_CLASSES": ["agents.throttles.AgentRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "agents.openapi.ScopedAutoSchema",
     "UNAUTHENTICATED_USER": None,
     # Per-agent rates in DRF's syntax ("60/min"); read by agents.throttles.

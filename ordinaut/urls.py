@@ -9,6 +9,7 @@ from drf_spectacular.views import (
 from agents import api as agents_api
 from audit import api as audit_api
 from ordinaut import health
+from pipelines import api as pipelines_api
 from tasks import api as tasks_api
 
 
@@ -74,8 +75,8 @@ urlpatterns = [
         "approval-reject",
     ),
     # -- tools, schemas, audit
-    *route("tools", tasks_api.ToolListApi.as_view(), "tools"),
-    *route("schemas/pipeline", tasks_api.PipelineSchemaApi.as_view(), "pipeline-schema"),
+    *route("tools", pipelines_api.ToolListApi.as_view(), "tools"),
+    *route("schemas/pipeline", pipelines_api.PipelineSchemaApi.as_view(), "pipeline-schema"),
     *route("audit", audit_api.AuditListApi.as_view(), "audit"),
 ]
 

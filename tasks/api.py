@@ -1,4 +1,4 @@
-"""/tasks, /runs, /schedules/preview, /tools and /schemas/pipeline: the agents' REST API.
+"""/tasks, /runs, /schedules/preview, /events and /approvals: the agents' REST API.
 
 Views parse, authorize, call a service or selector, and render — nothing else. Each
 declares the scope it needs and its throttle bucket next to its permission classes.
@@ -20,7 +20,6 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 from rest_framework import status
-from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -457,71 +456,6 @@ class RunStatsSummaryApi(_RunReadApi):
 
 def _isoformat_values(data: dict[str, Any]) -> dict[str, Any]:
     return {k: iso(v) if isinstance(v, datetime) else v for k, v in data.items()}
-
-
-# -- tools and the pipeline schema (owned by the pipelines app; these only publish them) ----
-
-_MINIMAL_PAYLOAD_SCHEMA = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "Ordinaut task payload",
-    "type": "object",
-    "required": ["pipeline"],
-    "properties": {
-        "params": {"type": "object"},
-        "pipeline": {"type": "array", "items": {"type": "object", "required": ["id", "uses"]}},
-    },
-}
-
-
-class ToolListApi(APIView):
-    permission_classes = [HasScope]
-    required_scope = scopes.TOOLS_READ
-    throttle_classes = [AgentRateThrottle]
-    throttle_scope = "reads"
-
-    @extend_schema(
-        operation_id="tools_list",
-        responses={200: OpenApiResponse(description="Tool name -> description and schemas.")},
-    )
-    def get(self, request: Request) -> Response:
-        try:
-            from pipelines.registry import list_tools
-        except ImportError:
-            return Response({})
-        return Response(dict(_tool_entry(tool) for tool in list_tools()))
-
-
-def _tool_entry(tool: Any) -> tuple[str, dict[str, Any]]:
-    """(name, {description, input_schema, output_schema, scope}) from a registry entry."""
-
-    def field(name: str, default: Any = None) -> Any:
-        if isinstance(tool, dict):
-            return tool.get(name, default)
-        return getattr(tool, name, default)
-
-    return field("name"), {
-        "description": field("description", ""),
-        "input_schema": field("input_schema", {}),
-        "output_schema": field("output_schema", {}),
-        "scope": field("scope"),
-    }
-
-
-class PipelineSchemaApi(APIView):
-    authentication_classes = []
-    permission_classes = [AllowAny]
-
-    @extend_schema(
-        operation_id="schemas_pipeline",
-        auth=[],
-        responses={200: OpenApiResponse(description="JSON Schema of a task payload.")},
-    )
-    def get(self, request: Request) -> Response:
-        try:
-            from pipelines.schema import PAYLOAD_SCHEMA
-        except ImportError:
-            return Response(_MINIMAL_PAYLOAD_SCHEMA)
-        return Response(PAYLOAD_SCHEMA)
 
 
 # -- events ----------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 if TYPE_CHECKING:
-    from agents.models import Agent
     from tasks.models import Run, Task
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
@@ -62,7 +61,8 @@ class ToolContext:
     timeout: float
     run: Run | None = None
     task: Task | None = None
-    agent: Agent | None = None
+    # The task's agent (an agents.models.Agent: pipelines does not import agents/).
+    agent: Any = None
     correlation_id: str = ""
     # The previous attempt's record of this step, when a waiting step is resumed.
     resumed: dict[str, Any] | None = None
