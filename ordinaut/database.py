@@ -175,3 +175,15 @@ def use_fast_timestamptz_loader(sender: Any, connection: Any, **kwargs: Any) -> 
             return self._parse(data).replace(tzinfo=tz)
 
     connection.connection.adapters.register_loader(TIMESTAMPTZ_OID, UtcTimestamptzLoader)
+
+
+def advisory_xact_lock(key: str) -> None:
+    """Hold a PostgreSQL advisory lock on `key` until the current transaction ends.
+
+    Serialises racing requests that would create the same row (dedupe keys, idempotency
+    keys): the second waits, then sees what the first committed.
+    """
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])

@@ -18,13 +18,14 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent
 from audit import record
 from audit.services import Actor
 from ordinaut.correlation import get_correlation_id
+from ordinaut.database import advisory_xact_lock
 from ordinaut.errors import InvalidInput
 from pipelines.conditions import ConditionError, evaluate_condition
 from tasks import queue as occurrence_queue
@@ -100,11 +101,7 @@ def _first_with_key(source: Agent | None, idempotency_key: str) -> Event | None:
     A transaction-scoped advisory lock on (source, key) makes the second of two concurrent
     publishes wait and then find the first; the unique index is the backstop.
     """
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-            [f"event-idempotency:{source.pk if source else ''}:{idempotency_key}"],
-        )
+    advisory_xact_lock(f"event-idempotency:{source.pk if source else ''}:{idempotency_key}")
     return Event.objects.filter(source_agent=source, idempotency_key=idempotency_key).first()
 
 

@@ -121,11 +121,16 @@ def enqueue_for_event(
     return enqueued
 
 
-def enqueue_one(task: Task, *, scheduled_for: datetime, run_at: datetime, trigger: str) -> bool:
-    """Queue one occurrence of `task`; False when (task, scheduled_for) already exists."""
+def enqueue_one(
+    task: Task, *, scheduled_for: datetime, run_at: datetime, trigger: str
+) -> Occurrence | None:
+    """Queue one occurrence of `task`; None when (task, scheduled_for) already exists.
+
+    The insert runs in a savepoint, so a collision leaves the caller's transaction usable.
+    """
     try:
         with transaction.atomic():
-            Occurrence.objects.create(
+            return Occurrence.objects.create(
                 task=task,
                 scheduled_for=scheduled_for,
                 run_at=run_at,
@@ -134,27 +139,21 @@ def enqueue_one(task: Task, *, scheduled_for: datetime, run_at: datetime, trigge
                 trigger=trigger,
             )
     except IntegrityError:
-        return False
-    return True
+        return None
 
 
 def enqueue_manual(task: Task, *, now: datetime) -> Occurrence:
-    """Queue a manual occurrence due `now`. The caller holds the task's row lock.
+    """Queue a manual occurrence due `now`.
 
     (task, scheduled_for) is unique, so two run-nows in one microsecond get instants one
-    microsecond apart; the lock makes the probe-then-insert safe.
+    microsecond apart.
     """
     instant = now
-    while Occurrence.objects.filter(task=task, scheduled_for=instant).exists():
+    while True:
+        occurrence = enqueue_one(task, scheduled_for=instant, run_at=now, trigger=Trigger.MANUAL)
+        if occurrence is not None:
+            return occurrence
         instant += timedelta(microseconds=1)
-    return Occurrence.objects.create(
-        task=task,
-        scheduled_for=instant,
-        run_at=now,
-        priority=task.priority,
-        concurrency_key=task.concurrency_key,
-        trigger=Trigger.MANUAL,
-    )
 
 
 # -- retargeting queued work (the task services, under the task's row lock) -------------------
@@ -577,9 +576,11 @@ def _sort_outcomes(outcomes: list[Outcome]) -> _FinishBatch:
             )
         else:
             retry = outcome.retryable
-            delay = occurrence_retry_delay(outcome.backoff_strategy, claimed.attempt)
+            delay = (
+                occurrence_retry_delay(outcome.backoff_strategy, claimed.attempt) if retry else 0
+            )
             batch.again.append({"id": claimed.occurrence_id, "state": "queued" if retry else "dead",
-                                "delay": delay if retry else 0,
+                                "delay": delay,
                                 "error": outcome.error or outcome.status,
                                 "max_retries": outcome.max_retries,
                                 "run_id": str(claimed.run_id)})  # fmt: skip

@@ -15,12 +15,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent
 from audit import record
 from audit.services import Actor
+from ordinaut.database import advisory_xact_lock
 from ordinaut.errors import Conflict, InvalidInput, NotFound
 from tasks import queue as occurrence_queue
 from tasks import schedules
@@ -38,6 +39,7 @@ from tasks.models import (
     TaskStatus,
     Trigger,
 )
+from tasks.selectors import queued_occurrence_count
 from tasks.validation import (
     SCHEDULE_FIELDS,
     choice_field,
@@ -124,57 +126,6 @@ def _locked(task_id: Any) -> Task:
 # -- use cases --------------------------------------------------------------------------------
 
 
-def _validated_task(*, created_by: Agent, now: datetime, fields: dict[str, Any]) -> Task:
-    """An unsaved Task from task_create's arguments, each checked; raise InvalidInput."""
-    tz = fields.get("timezone_name") or settings.TIME_ZONE
-    max_retries = fields.get("max_retries")
-    timeout = fields.get("timeout_seconds")
-    task = Task(
-        created_by=created_by,
-        title=text_field("title", fields["title"], max_length=200, required=True),
-        description=text_field(
-            "description", fields.get("description", ""), max_length=2000, required=False
-        )
-        or "",
-        schedule_kind=fields["schedule_kind"],
-        schedule_expr=validated_schedule(
-            fields["schedule_kind"], fields.get("schedule_expr"), tz, now
-        ),
-        timezone=tz,
-        payload=validate_payload(fields["payload"], scopes=created_by.scopes),
-        priority=int_field("priority", fields.get("priority", 5), 1, 9),
-        dedupe_key=text_field(
-            "dedupe_key", fields.get("dedupe_key"), max_length=100, required=False
-        ),
-        dedupe_window_seconds=int_field(
-            "dedupe_window_seconds", fields.get("dedupe_window_seconds", 0), 0
-        ),
-        max_retries=int_field(
-            "max_retries",
-            settings.WORKER_MAX_RETRIES if max_retries is None else max_retries,
-            0,
-            100,
-        ),
-        backoff_strategy=choice_field(
-            "backoff_strategy",
-            fields.get("backoff_strategy", BackoffStrategy.EXPONENTIAL_JITTER),
-            BackoffStrategy.values,
-        ),
-        concurrency_key=text_field(
-            "concurrency_key", fields.get("concurrency_key"), max_length=100, required=False
-        ),
-        misfire_policy=choice_field(
-            "misfire_policy",
-            fields.get("misfire_policy", MisfirePolicy.COALESCE),
-            MisfirePolicy.values,
-        ),
-        timeout_seconds=None if timeout is None else int_field("timeout_seconds", timeout, 1),
-        created_at=now,
-    )
-    task.next_run_at = first_run_at(task, now)
-    return task
-
-
 def task_create(
     *,
     created_by: Agent,
@@ -200,15 +151,37 @@ def task_create(
     Raises InvalidInput naming the field (schedule errors included); nothing is written then.
     """
     now = now or timezone.now()
-    fields = {
-        "title": title, "schedule_kind": schedule_kind, "payload": payload,
-        "schedule_expr": schedule_expr, "description": description,
-        "timezone_name": timezone_name, "priority": priority, "dedupe_key": dedupe_key,
-        "dedupe_window_seconds": dedupe_window_seconds, "max_retries": max_retries,
-        "backoff_strategy": backoff_strategy, "concurrency_key": concurrency_key,
-        "misfire_policy": misfire_policy, "timeout_seconds": timeout_seconds,
-    }  # fmt: skip
-    task = _validated_task(created_by=created_by, now=now, fields=fields)
+    tz = timezone_name or settings.TIME_ZONE
+    retries = settings.WORKER_MAX_RETRIES if max_retries is None else max_retries
+    task = Task(
+        created_by=created_by,
+        title=text_field("title", title, max_length=200, required=True),
+        description=text_field("description", description, max_length=2000, required=False) or "",
+        schedule_kind=schedule_kind,
+        schedule_expr=validated_schedule(schedule_kind, schedule_expr, tz, now),
+        timezone=tz,
+        payload=validate_payload(payload, scopes=created_by.scopes),
+        priority=int_field("priority", priority, 1, 9),
+        dedupe_key=text_field("dedupe_key", dedupe_key, max_length=100, required=False),
+        dedupe_window_seconds=int_field("dedupe_window_seconds", dedupe_window_seconds, 0),
+        max_retries=int_field("max_retries", retries, 0, 100),
+        backoff_strategy=choice_field("backoff_strategy", backoff_strategy, BackoffStrategy.values),
+        concurrency_key=text_field(
+            "concurrency_key", concurrency_key, max_length=100, required=False
+        ),
+        misfire_policy=choice_field("misfire_policy", misfire_policy, MisfirePolicy.values),
+        timeout_seconds=(
+            None if timeout_seconds is None else int_field("timeout_seconds", timeout_seconds, 1)
+        ),
+        created_at=now,
+    )
+    task.next_run_at = first_run_at(task, now)
+    _insert_task(task, actor=actor)
+    return task
+
+
+def _insert_task(task: Task, *, actor: Actor) -> None:
+    """Save a validated new task with its outbox message and audit row; wake the scheduler."""
     with transaction.atomic():
         task.save(force_insert=True)
         outbox_add(type="task.created", task_id=task.id)
@@ -225,7 +198,6 @@ def task_create(
             },
         )
         notify(SCHEDULER_CHANNEL)
-    return task
 
 
 def task_create_deduplicated(
@@ -247,11 +219,7 @@ def task_create_deduplicated(
         return task, True
     now = fields.pop("now", None) or timezone.now()
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                [f"task-dedupe:{created_by.pk}:{dedupe_key}"],
-            )
+        advisory_xact_lock(f"task-dedupe:{created_by.pk}:{dedupe_key}")
         window_start = now - timedelta(seconds=dedupe_window_seconds)
         existing = (
             Task.objects.filter(
@@ -417,7 +385,7 @@ def task_set_status(
         old_status = task.status
         if old_status == status:
             return StatusChange(task=task, changed=False, old_status=old_status, dropped=0)
-        queued = Occurrence.objects.filter(task=task, state=OccurrenceState.QUEUED).count()
+        queued = queued_occurrence_count(task=task)
         task = service(task_id=task.id, actor=actor, now=now)
     dropped = 0 if status == TaskStatus.ACTIVE else queued
     return StatusChange(task=task, changed=True, old_status=old_status, dropped=dropped)
@@ -458,7 +426,7 @@ def task_snooze(
             created = occurrence_queue.enqueue_one(
                 task, scheduled_for=folded[0], run_at=until, trigger=Trigger.SCHEDULE
             )
-            moved += int(created)
+            moved += created is not None
             record_skipped(
                 task.id, folded[1:], reason=SkipReason.SNOOZED, now=now,
                 details={"until": until.isoformat(), "reason": reason or ""},
