@@ -1,11 +1,37 @@
+"""Agents and credentials in the console. Every write goes through `agents.services`, so
+the admin's changes carry the same validation and audit rows as the API's."""
+
+from typing import Any
+
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.utils import timezone
 
 from agents.models import Agent, Credential
-from agents.services import agent_create
-from audit import record
+from agents.services import (
+    AGENT_UPDATABLE_FIELDS,
+    agent_create,
+    agent_deactivate,
+    agent_update,
+    clean_scopes,
+    credential_revoke,
+)
 from audit.services import Actor
+from ordinaut.errors import InvalidInput
+
+
+class AgentForm(forms.ModelForm):
+    class Meta:
+        model = Agent
+        fields = ["name", "description", "scopes", "webhook_url", "is_active"]
+
+    def clean_scopes(self) -> list[str]:
+        # The service's rule, checked here so a bad scope is a form error, not a failed save.
+        try:
+            return clean_scopes(self.cleaned_data["scopes"])
+        except InvalidInput as exc:
+            raise forms.ValidationError(exc.message) from exc
 
 
 class CredentialInline(admin.TabularInline):
@@ -30,6 +56,7 @@ class AgentAdmin(admin.ModelAdmin):
     readonly_fields = ["id", "created_at", "updated_at"]
     fields = ["id", "name", "description", "scopes", "webhook_url", "is_active", "created_at"]
     inlines = [CredentialInline]
+    form = AgentForm
 
     def get_queryset(self, request):  # noqa: ANN001, ANN201
         active = Q(credentials__revoked_at__isnull=True)
@@ -46,13 +73,7 @@ class AgentAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change) -> None:  # noqa: ANN001
         actor = Actor.user(request.user)
         if change:
-            super().save_model(request, obj, form, change)
-            record(
-                actor=actor,
-                action="agent.updated",
-                subject=obj,
-                details={"changed": form.changed_data},
-            )
+            self._update(obj, form, actor)
             return
         # Creation goes through the service so the first secret is issued and audited.
         agent, secret = agent_create(
@@ -69,6 +90,23 @@ class AgentAdmin(admin.ModelAdmin):
             f"Secret for {agent.name}: {secret} — copy it now, it is stored only as a hash "
             "and will not be shown again.",
         )
+
+    def _update(self, obj: Agent, form: forms.ModelForm, actor: Actor) -> None:
+        changes: dict[str, Any] = {
+            field: form.cleaned_data[field]
+            for field in form.changed_data
+            if field in AGENT_UPDATABLE_FIELDS
+        }
+        # Unticking "active" is a deactivation: the credentials are revoked with it, as
+        # DELETE /agents/{id} does, rather than leaving live keys on an inactive agent.
+        deactivate = changes.get("is_active") is False
+        if deactivate:
+            del changes["is_active"]
+        if changes:
+            agent_update(agent_id=obj.pk, changes=changes, actor=actor)
+        if deactivate:
+            agent_deactivate(agent_id=obj.pk, actor=actor)
+        obj.refresh_from_db()
 
 
 @admin.register(Credential)
@@ -90,17 +128,13 @@ class CredentialAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke selected credentials", permissions=["change"])
     def revoke(self, request, queryset) -> None:  # noqa: ANN001
         actor = Actor.user(request.user)
+        now = timezone.now()
         revoked = 0
         for credential in queryset.filter(revoked_at__isnull=True).select_related("agent"):
-            # Conditional update: a concurrent revoke does not double-count or double-audit.
-            if Credential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(
-                revoked_at=timezone.now()
-            ):
-                revoked += 1
-                record(
-                    actor=actor,
-                    action="credential.revoked",
-                    subject=credential.agent,
-                    details={"credential": credential.key_id},
-                )
+            # The service locks the row: a concurrent revoke wins once, and only the call
+            # that revoked it stamps `now` (and writes the audit row).
+            revoked_now = credential_revoke(
+                agent=credential.agent, key_id=credential.key_id, actor=actor, now=now
+            )
+            revoked += revoked_now.revoked_at == now
         self.message_user(request, f"Revoked {revoked} credential(s).", messages.SUCCESS)

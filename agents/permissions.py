@@ -1,12 +1,14 @@
-"""Scope checks, declared on each view as `required_scope`.
+"""Scope checks (`require_scope`, for REST and MCP alike) and the acting-agent rule.
 
-`required_scope` is a scope name, or a mapping of HTTP method to scope name for a view whose
-methods differ (GET /tasks reads, POST /tasks writes). A view that omits it is refused, so a
-forgotten declaration fails closed.
+A REST view declares `required_scope`: a scope name, or a mapping of HTTP method to scope
+name for a view whose methods differ (GET /tasks reads, POST /tasks writes). A view that
+omits it is refused, so a forgotten declaration fails closed. MCP tools name their scope
+where they call `require_scope`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from rest_framework import permissions
@@ -31,6 +33,12 @@ def required_scope_for(view: Any, method: str) -> str | None:
     return declared
 
 
+def require_scope(agent: Agent, granted: Iterable[str], required: str) -> None:
+    """Raise Forbidden, naming the agent and the scope, unless `granted` covers `required`."""
+    if not scopes.grants(granted, required):
+        raise Forbidden(f"Agent '{agent.name}' lacks required scope: {required}")
+
+
 class HasScope(permissions.BasePermission):
     """Authenticated agent whose grant includes the view's required scope (or `admin`).
 
@@ -49,10 +57,12 @@ class HasScope(permissions.BasePermission):
             required = required_scope_for(view, request.method)
         except LookupError:
             return False
-        if scopes.grants(request.auth.scopes, required):
-            return True
-        self.message = f"Agent '{request.user.name}' lacks required scope: {required}"
-        return False
+        try:
+            require_scope(request.user, request.auth.scopes, required)
+        except Forbidden as exc:
+            self.message = exc.message
+            return False
+        return True
 
 
 def is_admin(request: Request) -> bool:
@@ -60,17 +70,16 @@ def is_admin(request: Request) -> bool:
     return request.auth is not None and scopes.ADMIN in request.auth.scopes
 
 
-def acting_agent(request: Request, claimed_id: Any, *, field: str) -> Agent:
-    """The agent a body's identity field (`created_by`, `source_agent_id`) names.
+def acting_agent(caller: Agent, claimed_id: Any, *, field: str, caller_is_admin: bool) -> Agent:
+    """The agent a request's identity field (`created_by`, `source_agent_id`) names.
 
     Optional: absent means the caller. The original's clients send it, so it is accepted
     when it is the caller; naming another agent needs `admin` (403 otherwise), and that
-    agent must exist and be active (422 otherwise).
+    agent must exist and be active (422 otherwise). REST and MCP both apply it.
     """
-    caller: Agent = request.user
     if claimed_id is None or str(claimed_id) == str(caller.pk):
         return caller
-    if not is_admin(request):
+    if not caller_is_admin:
         raise Forbidden(
             f"{field} must be the authenticated agent ({caller.pk}) unless you hold admin",
             details={field: ["must match the authenticated agent"]},

@@ -91,14 +91,18 @@ def parse_query(serializer_class: type[serializers.Serializer], request: Any) ->
     return serializer.validated_data
 
 
-def parse_body(serializer_class: type[serializers.Serializer], request: Any) -> dict[str, Any]:
-    """Validate the JSON body, which must be an object; raise a 422 naming the bad fields."""
-    data = request.data
+def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+    """Validate a request object (a REST body or MCP tool arguments); 422 naming bad fields."""
     if not isinstance(data, dict):
         raise serializers.ValidationError({"non_field_errors": ["body must be a JSON object"]})
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
+    return dict(serializer.validated_data)
+
+
+def parse_body(serializer_class: type[serializers.Serializer], request: Any) -> dict[str, Any]:
+    """Validate the JSON body, which must be an object; raise a 422 naming the bad fields."""
+    return validated(serializer_class, request.data)
 
 
 def reject_nul(value: Any, path: str) -> None:

@@ -55,7 +55,9 @@ from tasks.serializers import (
     approval_data,
     event_published_data,
     run_data,
+    task_create_arguments,
     task_data,
+    task_update_changes,
 )
 
 QUICK_START_TASK = {
@@ -126,13 +128,11 @@ class TaskListCreateApi(APIView):
         ),
     )
     def post(self, request: Request) -> Response:
-        data = parse_body(TaskCreateSerializer, request)
-        creator = acting_agent(request, data.pop("created_by", None), field="created_by")
-        # The service validates the pipeline against the tools and the creator's scopes.
-        data["timezone_name"] = data.pop("timezone", None) or settings.TIME_ZONE
-        data.setdefault("dedupe_key", None)
+        arguments = task_create_arguments(
+            request.data, caller=request.user, caller_is_admin=is_admin(request)
+        )
         task, created = services.task_create_deduplicated(
-            created_by=creator, actor=Actor.agent(request.user), **data
+            actor=Actor.agent(request.user), **arguments
         )
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(task_data(task), status=code)
@@ -160,7 +160,7 @@ class TaskDetailApi(APIView):
     )
     def put(self, request: Request, task_id: str) -> Response:
         task = selectors.task_get(viewer(request), task_id=task_id)
-        changes = parse_body(TaskUpdateSerializer, request)
+        changes = task_update_changes(request.data)
         if changes:
             task = services.task_update(
                 task_id=task.id, changes=changes, actor=Actor.agent(request.user)
@@ -240,22 +240,25 @@ class _TaskTransitionApi(_TaskActionApi):
     target: str
     message: str
 
-    def transition(self, task_id: Any, actor: Actor) -> None:
-        raise NotImplementedError
-
     def post(self, request: Request, task_id: str) -> Response:
         task = selectors.task_get(viewer(request), task_id=task_id)
-        if task.status == self.target:
+        change = services.task_set_status(
+            task_id=task.id, status=self.target, actor=Actor.agent(request.user)
+        )
+        if not change.changed:
             return Response(
                 operation(
                     f"Task already has status '{self.target}'",
                     {"task_id": str(task.id), "status": self.target},
                 )
             )
-        details = {"task_id": str(task.id), "old_status": task.status, "new_status": self.target}
+        details = {
+            "task_id": str(task.id),
+            "old_status": change.old_status,
+            "new_status": self.target,
+        }
         if self.target == TaskStatus.CANCELED:
-            details["removed_work_items"] = selectors.queued_occurrence_count(task=task)
-        self.transition(task.id, Actor.agent(request.user))
+            details["removed_work_items"] = change.dropped
         return Response(operation(self.message, details))
 
 
@@ -268,9 +271,6 @@ class TaskPauseApi(_TaskTransitionApi):
     target = TaskStatus.PAUSED
     message = "Task paused successfully"
 
-    def transition(self, task_id: Any, actor: Actor) -> None:
-        services.task_pause(task_id=task_id, actor=actor)
-
 
 @extend_schema_view(
     post=extend_schema(
@@ -281,9 +281,6 @@ class TaskResumeApi(_TaskTransitionApi):
     target = TaskStatus.ACTIVE
     message = "Task resumed successfully"
 
-    def transition(self, task_id: Any, actor: Actor) -> None:
-        services.task_resume(task_id=task_id, actor=actor)
-
 
 @extend_schema_view(
     post=extend_schema(
@@ -293,9 +290,6 @@ class TaskResumeApi(_TaskTransitionApi):
 class TaskCancelApi(_TaskTransitionApi):
     target = TaskStatus.CANCELED
     message = "Task canceled successfully"
-
-    def transition(self, task_id: Any, actor: Actor) -> None:
-        services.task_cancel(task_id=task_id, actor=actor)
 
 
 class TaskPreviewApi(APIView):
@@ -491,7 +485,12 @@ class EventPublishApi(APIView):
     )
     def post(self, request: Request) -> Response:
         data = parse_body(EventPublishSerializer, request)
-        source = acting_agent(request, data.get("source_agent_id"), field="source_agent_id")
+        source = acting_agent(
+            request.user,
+            data.get("source_agent_id"),
+            field="source_agent_id",
+            caller_is_admin=is_admin(request),
+        )
         event, created = events.event_publish(
             topic=data["topic"],
             payload=data["payload"],

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from rest_framework import serializers
 
-from ordinaut.api import PageQuerySerializer, StrictSerializer, iso, reject_nul
+from agents.models import Agent
+from agents.permissions import acting_agent
+from ordinaut.api import PageQuerySerializer, StrictSerializer, iso, reject_nul, validated
 from tasks.models import (
     ApprovalStatus,
     BackoffStrategy,
@@ -102,6 +105,31 @@ class TaskUpdateSerializer(StrictSerializer):
     timeout_seconds = serializers.IntegerField(
         min_value=1, max_value=INT32_MAX, required=False, allow_null=True
     )
+
+
+def task_create_arguments(data: Any, *, caller: Agent, caller_is_admin: bool) -> dict[str, Any]:
+    """`services.task_create_deduplicated`'s keyword arguments for a create request.
+
+    The one preparation REST's POST /tasks and MCP's create_task share: validate the fields
+    (422 naming them), resolve `created_by` by the acting-agent rule, default the zone to
+    TIME_ZONE and the dedupe key to none. The service then checks the pipeline against
+    the tools and the creator's scopes.
+    """
+    arguments = validated(TaskCreateSerializer, data)
+    arguments["created_by"] = acting_agent(
+        caller,
+        arguments.pop("created_by", None),
+        field="created_by",
+        caller_is_admin=caller_is_admin,
+    )
+    arguments["timezone_name"] = arguments.pop("timezone", None) or settings.TIME_ZONE
+    arguments.setdefault("dedupe_key", None)
+    return arguments
+
+
+def task_update_changes(data: Any) -> dict[str, Any]:
+    """`services.task_update`'s changes for an update request (REST's PUT/PATCH, MCP's)."""
+    return validated(TaskUpdateSerializer, data)
 
 
 class TaskSerializer(serializers.Serializer):

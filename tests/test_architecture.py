@@ -25,7 +25,6 @@ MAX_FUNCTION_LINES = 80
 # The check fails for any other long function, and for a listed one that got short: then
 # strike it from this list.
 LONG_FUNCTIONS_TO_SPLIT = {
-    ("agents/mcp_server.py", "build_server"),
     ("pipelines/executor.py", "_run_step"),
 }
 
