@@ -39,6 +39,7 @@ from pipelines.tools.base import (
     ApprovalRequest,
     ToolContext,
     ToolError,
+    ToolSpec,
     ToolTimeout,
     ToolWaiting,
 )
@@ -86,6 +87,68 @@ class _StepFailure:
     message: str
     retryable: bool
     timed_out: bool = False
+
+
+class _StepRun:
+    """One step's record while it runs; `finish` and `fail` write how it ended."""
+
+    def __init__(self, execution: _Execution, step: dict[str, Any], name: str) -> None:
+        self.execution = execution
+        self.step = step
+        self.name = name
+        self.uses: str = step["uses"]
+        self.clock = time.monotonic()
+        self.record: dict[str, Any] = {
+            "id": name,
+            "uses": self.uses,
+            "status": None,
+            "input": None,
+            "output": None,
+            "error": None,
+            "started_at": timezone.now().isoformat(),
+            "finished_at": None,
+            "duration_ms": None,
+            "attempts": 0,
+            "run_id": str(execution.run_row.pk),
+        }
+        if step.get("save_as"):
+            self.record["save_as"] = step["save_as"]
+        execution.records.append(self.record)
+
+    def finish(self, status: StepStatus, *, output: Any = None, error: str | None = None) -> None:
+        redact_value = self.execution._redact
+        self.record["status"] = status.value
+        self.record["output"] = redact_value(output)
+        self.record["error"] = redact_value(error)
+        self.record["finished_at"] = timezone.now().isoformat()
+        self.record["duration_ms"] = round((time.monotonic() - self.clock) * 1000, 3)
+        level = logging.WARNING if status == StepStatus.FAILED else logging.INFO
+        logger.log(
+            level,
+            "run %s step %s (%s): %s%s",
+            self.execution.run_row.pk,
+            self.name,
+            self.uses,
+            status.value,
+            f": {self.record['error']}" if error else "",
+            extra={"correlation_id": self.execution.correlation_id, "step_id": self.name},
+        )
+
+    def fail(self, message: str, *, retryable: bool, timed_out: bool = False) -> _StepFailure:
+        """Record the step as failed and return how the run should treat the failure."""
+        correlation_id = self.execution.correlation_id
+        # Tool errors often start with the tool's name; the record names it once.
+        message = message.removeprefix(f"{self.uses}: ")
+        self.finish(
+            StepStatus.FAILED, error=f"{self.uses}: {message} (correlation id {correlation_id})"
+        )
+        self.execution._publish(self.step, self.name, None, produced=False)
+        return _StepFailure(
+            f"step {self.name!r} ({self.uses}) failed: {self.execution._redact(message)} "
+            f"(correlation id {correlation_id})",
+            retryable=retryable,
+            timed_out=timed_out,
+        )
 
 
 def execute(
@@ -276,101 +339,64 @@ class _Execution:
         self, step: dict[str, Any], name: str, resumed: dict | None
     ) -> StepStatus | _StepFailure | None:
         """Run one step, append its record; return None (succeeded) or what stopped it."""
-        from ordinaut.scopes import grants
-        from pipelines.registry import UnknownTool, get_tool
-
-        uses = step["uses"]
-        started = timezone.now()
-        clock = time.monotonic()
-        record: dict[str, Any] = {
-            "id": name,
-            "uses": uses,
-            "status": None,
-            "input": None,
-            "output": None,
-            "error": None,
-            "started_at": started.isoformat(),
-            "finished_at": None,
-            "duration_ms": None,
-            "attempts": 0,
-            "run_id": str(self.run_row.pk),
-        }
-        if step.get("save_as"):
-            record["save_as"] = step["save_as"]
-        self.records.append(record)
-
-        def finish(status: StepStatus, *, output: Any = None, error: str | None = None) -> None:
-            record["status"] = status.value
-            record["output"] = self._redact(output)
-            record["error"] = self._redact(error)
-            record["finished_at"] = timezone.now().isoformat()
-            record["duration_ms"] = round((time.monotonic() - clock) * 1000, 3)
-            level = logging.WARNING if status == StepStatus.FAILED else logging.INFO
-            logger.log(
-                level,
-                "run %s step %s (%s): %s%s",
-                self.run_row.pk,
-                name,
-                uses,
-                status.value,
-                f": {record['error']}" if error else "",
-                extra={"correlation_id": self.correlation_id, "step_id": name},
-            )
-
-        def fail(message: str, *, retryable: bool, timed_out: bool = False) -> _StepFailure:
-            # Tool errors often start with the tool's name; the record names it once.
-            message = message.removeprefix(f"{uses}: ")
-            error = f"{uses}: {message} (correlation id {self.correlation_id})"
-            finish(StepStatus.FAILED, error=error)
-            self._publish(step, name, None, produced=False)
-            return _StepFailure(
-                f"step {name!r} ({uses}) failed: {self._redact(message)} "
-                f"(correlation id {self.correlation_id})",
-                retryable=retryable,
-                timed_out=timed_out,
-            )
-
+        current = _StepRun(self, step, name)
         if isinstance(step.get("if"), str):
             try:
                 holds = evaluate_condition(step["if"], self.data)
             except ConditionError as exc:
-                return fail(str(exc), retryable=False)
+                return current.fail(str(exc), retryable=False)
             if not holds:
-                finish(StepStatus.SKIPPED)
+                current.finish(StepStatus.SKIPPED)
                 self._publish(step, name, None, produced=False)
                 return StepStatus.SKIPPED
+        prepared = self._prepare(current)
+        if isinstance(prepared, _StepFailure):
+            return prepared
+        tool, arguments = prepared
+        return self._call_with_retries(current, tool, arguments, resumed)
+
+    def _prepare(self, current: _StepRun) -> tuple[ToolSpec, dict[str, Any]] | _StepFailure:
+        """Render the step's input, find its tool and check that the agent may call it."""
+        from ordinaut.scopes import grants
+        from pipelines.registry import UnknownTool, get_tool
+
         try:
-            arguments = render(step.get("with") or {}, self.templates)
+            arguments = render(current.step.get("with") or {}, self.templates)
         except TemplateError as exc:
-            return fail(str(exc), retryable=False)
-        record["input"] = self._redact(arguments)
+            return current.fail(str(exc), retryable=False)
+        current.record["input"] = self._redact(arguments)
         try:
-            tool = get_tool(uses)
+            tool = get_tool(current.uses)
         except UnknownTool as exc:
-            return fail(exc.message, retryable=False)
+            return current.fail(exc.message, retryable=False)
         if not grants(self.agent.scopes, tool.required_scope):
-            return fail(
+            return current.fail(
                 f"agent {self.agent.name!r} lacks scope {tool.required_scope!r}", retryable=False
             )
         try:
             tool.check_input(arguments)
         except ToolError as exc:
-            return fail(exc.message, retryable=False)
+            return current.fail(exc.message, retryable=False)
+        return tool, arguments
 
-        attempts, backoff, exponential = _retry_policy(step)
-        step_timeout = float(step.get("timeout_seconds") or tool.timeout_seconds)
+    def _call_with_retries(
+        self, current: _StepRun, tool: ToolSpec, arguments: dict[str, Any], resumed: dict | None
+    ) -> StepStatus | _StepFailure | None:
+        """Call the tool up to the step's `retry.attempts`, each within the run's deadline."""
+        attempts, backoff, exponential = _retry_policy(current.step)
+        step_timeout = float(current.step.get("timeout_seconds") or tool.timeout_seconds)
         failure: _StepFailure | None = None
         for attempt in range(1, attempts + 1):
-            record["attempts"] = attempt
+            current.record["attempts"] = attempt
             timeout, bounded_by_run = step_timeout, False
             if self.deadline is not None:
                 remaining = self.deadline - time.monotonic()
                 if remaining <= 0:
-                    return fail("the run's timeout passed", retryable=True, timed_out=True)
+                    return current.fail("the run's timeout passed", retryable=True, timed_out=True)
                 if remaining < step_timeout:
                     timeout, bounded_by_run = remaining, True
             context = ToolContext(
-                step_id=name,
+                step_id=current.name,
                 timeout=timeout,
                 run=self.run_row,
                 task=self.task,
@@ -378,33 +404,49 @@ class _Execution:
                 correlation_id=self.correlation_id,
                 resumed=resumed,
             )
-            try:
-                result = tool.call(arguments, context)
-                if isinstance(result, ToolWaiting):
-                    finish(StepStatus.WAITING, output=_jsonable(result.output))
-                    return StepStatus.WAITING
-                result = _jsonable(result)
-                tool.check_output(result)
-            except ToolTimeout as exc:
-                failure = _StepFailure(exc.message, retryable=True, timed_out=bounded_by_run)
-            except ToolError as exc:
-                failure = _StepFailure(exc.message, retryable=exc.retryable)
-            except Exception as exc:
-                logger.exception("run %s step %s (%s) raised", self.run_row.pk, name, uses)
-                failure = _StepFailure(f"{type(exc).__name__}: {exc}", retryable=True)
-            else:
-                finish(StepStatus.SUCCEEDED, output=result)
-                self._publish(step, name, result)
-                return None
+            outcome = self._attempt(current, tool, arguments, context, bounded_by_run)
+            if not isinstance(outcome, _StepFailure):
+                return outcome
+            failure = outcome
             if not failure.retryable or failure.timed_out or attempt == attempts:
                 break
             delay = min(backoff * (2 ** (attempt - 1) if exponential else 1), MAX_BACKOFF_SECONDS)
             if self.deadline is not None and time.monotonic() + delay >= self.deadline:
                 break
-            logger.info("run %s step %s: attempt %d failed", self.run_row.pk, name, attempt)
+            logger.info("run %s step %s: attempt %d failed", self.run_row.pk, current.name, attempt)
             time.sleep(delay)
         assert failure is not None
-        return fail(failure.message, retryable=failure.retryable, timed_out=failure.timed_out)
+        return current.fail(
+            failure.message, retryable=failure.retryable, timed_out=failure.timed_out
+        )
+
+    def _attempt(
+        self,
+        current: _StepRun,
+        tool: ToolSpec,
+        arguments: dict[str, Any],
+        context: ToolContext,
+        bounded_by_run: bool,
+    ) -> StepStatus | _StepFailure | None:
+        """One call of the tool. A failure comes back unrecorded: the caller may retry it."""
+        try:
+            result = tool.call(arguments, context)
+            if isinstance(result, ToolWaiting):
+                current.finish(StepStatus.WAITING, output=_jsonable(result.output))
+                return StepStatus.WAITING
+            result = _jsonable(result)
+            tool.check_output(result)
+        except ToolTimeout as exc:
+            # A timeout cut short by the run's deadline is the run's timeout, not the step's.
+            return _StepFailure(exc.message, retryable=True, timed_out=bounded_by_run)
+        except ToolError as exc:
+            return _StepFailure(exc.message, retryable=exc.retryable)
+        except Exception as exc:
+            logger.exception("run %s step %s (%s) raised", self.run_row.pk, current.name, tool.name)
+            return _StepFailure(f"{type(exc).__name__}: {exc}", retryable=True)
+        current.finish(StepStatus.SUCCEEDED, output=result)
+        self._publish(current.step, current.name, result)
+        return None
 
     def _publish(self, step: dict, name: str, output: Any, *, produced: bool = True) -> None:
         """Make a step's output readable as `${steps.<id>}` and `${steps.<save_as>}`."""
