@@ -1,4 +1,5 @@
-"""The tool registry: built-in tools plus the tools of every enabled MCP server.
+"""The tool registry: built-in tools, tools registered by the apps above `pipelines/`, and
+the tools of every enabled MCP server.
 
 MCP tools are named `mcp.<server>.<tool>`. For payloads written for the original, a
 `<server>.<tool>` name whose first part is an enabled MCP server resolves to the same tool.
@@ -18,6 +19,9 @@ logger = logging.getLogger("pipelines.registry")
 
 MCP_PREFIX = "mcp."
 
+# Tools an app registers at start-up (see register_tools); built-ins are never replaced.
+_REGISTERED: dict[str, ToolSpec] = {}
+
 
 class UnknownTool(LookupError):
     """No tool has this name; the message says why (unknown server, undiscovered tool...)."""
@@ -27,11 +31,26 @@ class UnknownTool(LookupError):
         self.message = message
 
 
+def register_tools(specs: list[ToolSpec]) -> None:
+    """Make an app's tools callable from pipelines (from its `AppConfig.ready()`).
+
+    Registering the same spec again is a no-op (ready() may run twice in tests); another
+    spec under a taken name is a programming error.
+    """
+    for spec in specs:
+        taken = BUILTIN_TOOLS.get(spec.name) or _REGISTERED.get(spec.name)
+        if taken is not None and taken is not spec:
+            raise ValueError(f"tool {spec.name!r} is already registered")
+        if spec.name.startswith(MCP_PREFIX):
+            raise ValueError(f"tool names starting with {MCP_PREFIX!r} belong to MCP servers")
+        _REGISTERED[spec.name] = spec
+
+
 def list_tools() -> list[ToolSpec]:
-    """Every usable tool: built-ins first, then MCP tools by server and tool name."""
+    """Every usable tool: built-ins, registered app tools, then MCP tools by server and name."""
     from pipelines.models import McpServer
 
-    tools = list(BUILTIN_TOOLS.values())
+    tools = [*BUILTIN_TOOLS.values(), *_REGISTERED.values()]
     for server in McpServer.objects.filter(enabled=True).order_by("name"):
         tools.extend(mcp_tool_spec(server, tool) for tool in server.tools)
     return tools
@@ -42,7 +61,7 @@ def get_tool(name: str, *, refresh: bool = True) -> ToolSpec:
 
     With `refresh`, an unknown tool of an enabled MCP server triggers one discovery first.
     """
-    builtin = BUILTIN_TOOLS.get(name)
+    builtin = BUILTIN_TOOLS.get(name) or _REGISTERED.get(name)
     if builtin is not None:
         return builtin
     server_name, tool_name = _split_mcp_name(name)

@@ -19,7 +19,7 @@ REDACTED = "[redacted]"
 
 def get_secret(name: str) -> str | None:
     """The secret called `name`, or None when neither the setting nor the environment has it."""
-    configured = getattr(settings, "PIPELINE_SECRETS", None) or {}
+    configured = settings.PIPELINE_SECRETS
     if name in configured:
         return str(configured[name])
     return os.environ.get(f"{ENV_PREFIX}{name}") or os.environ.get(f"{ENV_PREFIX}{name.upper()}")

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from ordinaut.errors import InvalidInput
+from pipelines.validation import validate_payload as validate_pipeline
 from tasks import schedules
 from tasks.models import BackoffStrategy, MisfirePolicy, ScheduleKind, Task, TaskStatus
 
@@ -55,9 +56,6 @@ def validate_payload(payload: Any, *, scopes: list[str] | None = None) -> dict:
 
     Raises InvalidInput listing every problem with its path (`payload.pipeline[2].with.url`).
     """
-    # Imported here: pipelines' task.create tool imports the tasks services at load time.
-    from pipelines.validation import validate_payload as validate_pipeline
-
     return validate_pipeline(payload, scopes=scopes)
 
 

@@ -131,6 +131,18 @@ def test_forbidden_imports_stay_absent(folder: str, forbidden: str) -> None:
     assert not found, "\n".join(found)
 
 
+def test_pipelines_uses_only_the_tasks_models() -> None:
+    """pipelines/ sits below tasks/: it records Runs, and calls no tasks code (no circle)."""
+    found = [
+        f"{relative(path)}:{line} imports {name}"
+        for path in sorted((ROOT / "pipelines").rglob("*.py"))
+        if "migrations" not in path.parts
+        for line, name in imported_modules(parsed(path))
+        if name == "tasks" or (name.startswith("tasks.") and not name.startswith("tasks.models"))
+    ]
+    assert not found, "\n".join(found)
+
+
 def test_no_import_error_fallbacks() -> None:
     fallbacks = []
     for path in project_modules():
@@ -141,6 +153,22 @@ def test_no_import_error_fallbacks() -> None:
                 if names & {"ImportError", "ModuleNotFoundError"}:
                     fallbacks.append(f"{relative(path)}:{node.lineno}")
     assert not fallbacks, "except ImportError in project modules:\n" + "\n".join(fallbacks)
+
+
+def test_settings_are_read_as_defined_without_fallback_defaults() -> None:
+    fallbacks = []
+    for path in project_modules():
+        for node in ast.walk(parsed(path)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "getattr"
+                and node.args
+                and isinstance(node.args[0], ast.Name)
+                and node.args[0].id == "settings"
+            ):
+                fallbacks.append(f"{relative(path)}:{node.lineno}")
+    assert not fallbacks, "getattr(settings, ...) instead of settings.X:\n" + "\n".join(fallbacks)
 
 
 def test_tasks_queue_never_shadows_the_standard_library_queue() -> None:

@@ -26,8 +26,7 @@ _RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 def allowed_hosts() -> set[str]:
     """Hosts exempt from the private-address check (setting HTTP_TOOL_ALLOWED_HOSTS)."""
-    hosts = getattr(settings, "HTTP_TOOL_ALLOWED_HOSTS", None) or []
-    return {host.lower().strip() for host in hosts}
+    return {host.lower().strip() for host in settings.HTTP_TOOL_ALLOWED_HOSTS}
 
 
 def check_target(url: str) -> None:

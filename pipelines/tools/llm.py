@@ -74,13 +74,9 @@ def complete(
 
     Raises ToolError: retryable for timeouts, transport errors, 429 and 5xx.
     """
-    base_url = getattr(settings, "LLM_BASE_URL", "") or ""
-    if not base_url:
+    if not settings.LLM_BASE_URL:
         raise ToolError("llm: LLM_BASE_URL is not configured", retryable=False)
-    body: dict[str, Any] = {
-        "model": model or getattr(settings, "LLM_MODEL", "") or "gpt-4o-mini",
-        "messages": messages,
-    }
+    body: dict[str, Any] = {"model": model or settings.LLM_MODEL, "messages": messages}
     if temperature is not None:
         body["temperature"] = temperature
     if max_tokens is not None:
@@ -91,16 +87,22 @@ def complete(
             "json_schema": {"name": "output", "schema": json_schema, "strict": True},
         }
     headers = {}
-    api_key = getattr(settings, "LLM_API_KEY", "") or ""
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    url = base_url.rstrip("/") + "/chat/completions"
+    if settings.LLM_API_KEY:
+        headers["Authorization"] = f"Bearer {settings.LLM_API_KEY}"
+    url = settings.LLM_BASE_URL.rstrip("/") + "/chat/completions"
     try:
         response = httpx.post(url, json=body, headers=headers, timeout=timeout)
     except httpx.TimeoutException as exc:
         raise ToolTimeout(f"llm: {url} timed out after {timeout:g}s") from exc
     except httpx.HTTPError as exc:
         raise ToolError(f"llm: {url} failed: {exc}") from exc
+    return _answer(response, url=url, model=body["model"], json_schema=json_schema)
+
+
+def _answer(
+    response: httpx.Response, *, url: str, model: str, json_schema: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The tool's output from the endpoint's answer; ToolError for an error or a bad shape."""
     if response.status_code >= 400:
         raise ToolError(
             f"llm: {url} answered {response.status_code}: {response.text[:300]}",
@@ -114,7 +116,7 @@ def complete(
         raise ToolError(f"llm: unexpected response from {url}: {response.text[:300]}") from exc
     result: dict[str, Any] = {
         "text": text,
-        "model": data.get("model", body["model"]),
+        "model": data.get("model", model),
         "finish_reason": choice.get("finish_reason"),
         "usage": data.get("usage"),
     }

@@ -1,11 +1,19 @@
-"""task.create: a pipeline schedules a follow-up task as the agent that owns the pipeline."""
+"""The tasks app's pipeline tools: `task.create` schedules a follow-up task as the agent that
+owns the pipeline.
+
+They live here, not in `pipelines/tools/`, because they call the tasks services, and
+`pipelines/` sits below `tasks/`: `TasksConfig.ready()` hands them to the registry.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
 
+from audit.services import Actor
+from ordinaut.errors import OrdinautError
 from pipelines.tools.base import ToolContext, ToolError, ToolSpec
+from tasks.services import task_create_deduplicated
 
 # A retried attempt must not create the follow-up twice: without the caller's own
 # dedupe_key, the task is deduplicated on (occurrence, step) for this long.
@@ -17,10 +25,6 @@ _PASSED_THROUGH = (
 
 
 def create(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
-    from audit.services import Actor
-    from ordinaut.errors import OrdinautError
-    from tasks.services import task_create_deduplicated
-
     agent = context.agent
     if agent is None:
         raise ToolError("task.create: the pipeline has no owning agent", retryable=False)
