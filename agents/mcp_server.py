@@ -9,8 +9,10 @@ with the HTTP status and code the REST API would have answered, e.g. "404 not_fo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -19,6 +21,8 @@ from django.db import close_old_connections, connection
 from django.utils import timezone as django_timezone
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.tools import Tool
+from pydantic import ConfigDict
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
 
@@ -27,9 +31,9 @@ from agents.models import Agent
 from agents.permissions import require_scope
 from audit.services import Actor
 from ordinaut import scopes
-from ordinaut.api import page, validated
+from ordinaut.api import PageQuerySerializer, page, validated
 from ordinaut.correlation import new_correlation_id, reset_correlation_id, set_correlation_id
-from ordinaut.errors import OrdinautError, Unauthenticated
+from ordinaut.errors import OrdinautError, Unauthenticated, error_body
 from pipelines.api import tool_catalog
 from tasks import approvals, events, selectors, services
 from tasks.models import TaskStatus
@@ -37,10 +41,15 @@ from tasks.serializers import (
     ApprovalListQuerySerializer,
     RunListQuerySerializer,
     SchedulePreviewSerializer,
+    SnoozeSerializer,
+    StatsQuerySerializer,
     TaskListQuerySerializer,
     approval_data,
     event_published_data,
+    ledger_entry_data,
     run_data,
+    snooze_data,
+    stats_data,
     task_create_arguments,
     task_data,
     task_update_changes,
@@ -74,8 +83,8 @@ class OrdinautMCPServer(MCPServer):
     caller whose token is in ORDINAUT_TOKEN, so the tools read it from the server.
     """
 
-    def __init__(self, *, stdio_token: str | None) -> None:
-        super().__init__(name="ordinaut", instructions=INSTRUCTIONS, version="1.0.0")
+    def __init__(self, *, stdio_token: str | None, tools: list[Tool]) -> None:
+        super().__init__(name="ordinaut", instructions=INSTRUCTIONS, version="1.0.0", tools=tools)
         self.stdio_token = stdio_token
 
 
@@ -87,7 +96,10 @@ def _bearer(ctx: Context) -> str:
         if not stdio_token:
             raise Unauthenticated("set ORDINAUT_TOKEN to an API key or JWT access token")
         return stdio_token
-    header = headers.get("authorization") or headers.get("Authorization") or ""
+    return _bearer_token(headers.get("authorization") or headers.get("Authorization") or "")
+
+
+def _bearer_token(header: str) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("send Authorization: Bearer <API key or JWT access token>")
@@ -99,7 +111,8 @@ def _as_tool_error(exc: Exception) -> ToolError:
         suffix = f" {exc.details}" if exc.details else ""
         return ToolError(f"{exc.status} {exc.code}: {exc.message}{suffix}")
     if isinstance(exc, serializers.ValidationError):
-        return ToolError(f"422 validation_error: {exc.detail}")
+        # ErrorDetail is a str: as JSON it reads {"field": ["reason"]}, as REST's details do.
+        return ToolError(f"422 validation_error: {json.dumps(exc.detail)}")
     if isinstance(exc, drf_exceptions.AuthenticationFailed):
         return ToolError(f"401 authentication_failed: {exc.detail}")
     raise exc
@@ -155,29 +168,35 @@ async def create_task(
     payload: dict[str, Any],
     ctx: Context,
     schedule_expr: str | None = None,
-    description: str = "",
+    description: str | None = None,
     timezone: str | None = None,
-    priority: int = 5,
+    priority: int | None = None,
     dedupe_key: str | None = None,
-    dedupe_window_seconds: int = 0,
+    dedupe_window_seconds: int | None = None,
     max_retries: int | None = None,
+    backoff_strategy: str | None = None,
     concurrency_key: str | None = None,
+    misfire_policy: str | None = None,
+    timeout_seconds: int | None = None,
+    created_by: str | None = None,
 ) -> dict[str, Any]:
     """Create a task (schedule_kind: cron|rrule|once|event|condition; payload: {pipeline}).
 
-    Returns {created, task}; with dedupe_key a duplicate inside the window returns the
-    existing task with created=false. Requires tasks:write.
+    Takes every field POST /tasks takes, with the same defaults (an omitted field gets
+    REST's default). Returns {created, task}; with dedupe_key a duplicate inside the window
+    returns the existing task with created=false. Requires tasks:write.
     """
-    fields = {
+    given = {
         "title": title, "schedule_kind": schedule_kind, "payload": payload,
-        "schedule_expr": schedule_expr, "description": description, "priority": priority,
-        "dedupe_key": dedupe_key, "dedupe_window_seconds": dedupe_window_seconds,
-        "concurrency_key": concurrency_key,
+        "schedule_expr": schedule_expr, "description": description, "timezone": timezone,
+        "priority": priority, "dedupe_key": dedupe_key,
+        "dedupe_window_seconds": dedupe_window_seconds, "max_retries": max_retries,
+        "backoff_strategy": backoff_strategy, "concurrency_key": concurrency_key,
+        "misfire_policy": misfire_policy, "timeout_seconds": timeout_seconds,
+        "created_by": created_by,
     }  # fmt: skip
-    if timezone is not None:
-        fields["timezone"] = timezone
-    if max_retries is not None:
-        fields["max_retries"] = max_retries
+    # An argument left out is not sent, so the serializer applies REST's default.
+    fields = {name: value for name, value in given.items() if value is not None}
 
     def work(caller: Caller) -> dict[str, Any]:
         arguments = task_create_arguments(
@@ -219,7 +238,11 @@ async def get_task(task_id: str, ctx: Context) -> dict[str, Any]:
 
 
 async def update_task(task_id: str, changes: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    """Partially update a task (any of the create fields, plus status); re-validated."""
+    """Partially update a task, as PUT /tasks/{id}: `changes` holds any of title,
+    description, schedule_kind, schedule_expr, timezone, payload, priority, status,
+    dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy, concurrency_key,
+    misfire_policy, timeout_seconds. Schedule and pipeline are re-validated; an unknown
+    field is a 422 naming it. Needs tasks:write."""
 
     def work(caller: Caller) -> dict[str, Any]:
         task = selectors.task_get(caller.viewer, task_id=task_id)
@@ -272,23 +295,68 @@ async def preview_schedule(
     ctx: Context,
     timezone: str | None = None,
     n: int = 10,
+    after: str | None = None,
 ) -> dict[str, Any]:
-    """Next n fire instants in UTC and local time; DST-shifted ones are flagged."""
+    """Next n (1..100) fire instants after `after` (ISO 8601; default now), in UTC and
+    local time; DST-shifted ones are flagged. Nothing is stored. Needs tasks:read."""
 
     def work(caller: Caller) -> dict[str, Any]:
         fields = {"schedule_kind": schedule_kind, "schedule_expr": schedule_expr, "n": n}
-        if timezone:
-            fields["timezone"] = timezone
+        fields.update({k: v for k, v in (("timezone", timezone), ("after", after)) if v})
         data = validated(SchedulePreviewSerializer, fields)
         tz = data.get("timezone") or settings.TIME_ZONE
         occurrences = selectors.schedule_preview(
             kind=data["schedule_kind"],
             expr=data["schedule_expr"],
             timezone_name=tz,
-            after=django_timezone.now(),
+            after=data.get("after") or django_timezone.now(),
             n=data["n"],
         )
         return {"timezone": tz, "occurrences": occurrences}
+
+    return await _run(ctx, scopes.TASKS_READ, work)
+
+
+async def snooze_task(
+    task_id: str, delay_seconds: int, ctx: Context, reason: str | None = None
+) -> dict[str, Any]:
+    """Delay a task by delay_seconds (1..604800), as POST /tasks/{id}/snooze: queued runs
+    move to now + delay, instants due inside the delay fold into that one. Needs
+    tasks:write."""
+
+    def work(caller: Caller) -> dict[str, Any]:
+        task = selectors.task_get(caller.viewer, task_id=task_id)
+        data = validated(SnoozeSerializer, {"delay_seconds": delay_seconds, "reason": reason})
+        now = django_timezone.now()
+        services.task_snooze(
+            task_id=task.id,
+            delay_seconds=data["delay_seconds"],
+            reason=data.get("reason"),
+            actor=caller.actor,
+            now=now,
+        )
+        until = now + timedelta(seconds=data["delay_seconds"])
+        affected = selectors.queued_occurrences_due_at(task=task, run_at=until)
+        return snooze_data(
+            task, delay_seconds=data["delay_seconds"], until=until, affected=affected
+        )
+
+    return await _run(ctx, scopes.TASKS_WRITE, work)
+
+
+async def get_task_ledger(
+    task_id: str, ctx: Context, limit: int = 50, offset: int = 0
+) -> dict[str, Any]:
+    """Why didn't it run? The instants the task's schedule produced that did not run, newest
+    first: {items: [{scheduled_for, reason, lateness_seconds, details, recorded_at}],
+    total, limit, offset, has_more}. Needs tasks:read."""
+
+    def work(caller: Caller) -> dict[str, Any]:
+        params = validated(PageQuerySerializer, _page_query(limit, offset))
+        entries = selectors.ledger_list(caller.viewer, task_id=task_id)
+        return page(
+            entries, limit=params["limit"], offset=params["offset"], render=ledger_entry_data
+        )
 
     return await _run(ctx, scopes.TASKS_READ, work)
 
@@ -323,6 +391,39 @@ def _run_document(caller: Caller, run_id: str) -> dict[str, Any]:
 async def get_run(run_id: str, ctx: Context) -> dict[str, Any]:
     """One run with its output and per-step results. Needs runs:read."""
     return await _run(ctx, scopes.RUNS_READ, lambda c: _run_document(c, run_id))
+
+
+async def get_latest_run(task_id: str, ctx: Context) -> dict[str, Any]:
+    """The task's most recent run as {run}; run is null when it has not run yet. Needs
+    runs:read."""
+
+    def work(caller: Caller) -> dict[str, Any]:
+        run = selectors.run_latest(caller.viewer, task_id=task_id)
+        return {"run": None if run is None else run_data(run)}
+
+    return await _run(ctx, scopes.RUNS_READ, work)
+
+
+async def get_task_stats(task_id: str, ctx: Context, days: int = 30) -> dict[str, Any]:
+    """Run statistics of one task over the last `days` (1..365), as
+    GET /runs/task/{id}/stats. Needs runs:read."""
+
+    def work(caller: Caller) -> dict[str, Any]:
+        period = validated(StatsQuerySerializer, {"days": days})["days"]
+        return stats_data(selectors.run_stats_for_task(caller.viewer, task_id=task_id, days=period))
+
+    return await _run(ctx, scopes.RUNS_READ, work)
+
+
+async def get_runs_summary(ctx: Context, days: int = 7) -> dict[str, Any]:
+    """Run statistics of all your tasks over the last `days` (1..365), as
+    GET /runs/stats/summary. Needs runs:read."""
+
+    def work(caller: Caller) -> dict[str, Any]:
+        period = validated(StatsQuerySerializer, {"days": days})["days"]
+        return selectors.run_stats_summary(caller.viewer, days=period)
+
+    return await _run(ctx, scopes.RUNS_READ, work)
 
 
 async def list_tools(ctx: Context) -> dict[str, Any]:
@@ -434,9 +535,14 @@ TOOLS: tuple[Callable[..., Any], ...] = (
     resume_task,
     cancel_task,
     run_task_now,
+    snooze_task,
     preview_schedule,
+    get_task_ledger,
     list_runs,
     get_run,
+    get_latest_run,
+    get_task_stats,
+    get_runs_summary,
     list_tools,
     publish_event,
     decide_approval,
@@ -448,12 +554,81 @@ RESOURCES: dict[str, Callable[..., Any]] = {
 }
 
 
+def strict_tool(fn: Callable[..., Any]) -> Tool:
+    """The SDK's tool for `fn`, refusing arguments that `fn` does not declare.
+
+    The SDK drops unknown arguments silently; REST answers them with a 422, and an agent
+    that misspells `misfire_policy` must hear of it rather than get the default.
+    """
+    tool = Tool.from_function(fn)
+    loose = tool.fn_metadata.arg_model
+    config = ConfigDict(**loose.model_config)
+    config["extra"] = "forbid"
+    tool.fn_metadata.arg_model = type(
+        loose.__name__, (loose,), {"model_config": config, "__module__": __name__}
+    )
+    tool.parameters = {**tool.parameters, "additionalProperties": False}
+    return tool
+
+
 def build_server(*, stdio_token: str | None = None) -> MCPServer:
     """The MCP server with Ordinaut's tools, resources and prompt."""
-    server = OrdinautMCPServer(stdio_token=stdio_token)
-    for tool in TOOLS:
-        server.add_tool(tool)
+    server = OrdinautMCPServer(stdio_token=stdio_token, tools=[strict_tool(fn) for fn in TOOLS])
     for uri, resource in RESOURCES.items():
         server.resource(uri, mime_type="application/json")(resource)
     server.prompt()(schedule_recurring_task)
     return server
+
+
+# -- streamable HTTP ---------------------------------------------------------------------------
+
+
+def _authenticate(raw_token: str) -> None:
+    if not connection.in_atomic_block:
+        close_old_connections()
+    authenticate_token(raw_token)
+
+
+class RequireBearer:
+    """ASGI gate: an HTTP request without a valid token is answered 401 before MCP sees it.
+
+    So `initialize` itself is refused, as REST refuses a request, instead of a client
+    learning at its first tool call. Each tool call still authenticates and checks its
+    scope (a token revoked mid-session stops working at once).
+    """
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":  # lifespan: the SDK's session manager starts here
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value for key, value in scope["headers"]}
+        header = headers.get("authorization", b"").decode("latin-1")
+        correlation = set_correlation_id(new_correlation_id())
+        try:
+            await sync_to_async(_authenticate, thread_sensitive=True)(_bearer_token(header))
+        except (OrdinautError, drf_exceptions.AuthenticationFailed) as exc:
+            message = exc.message if isinstance(exc, OrdinautError) else str(exc.detail)
+            body = json.dumps(error_body("authentication_failed", message)).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"www-authenticate", b'Bearer realm="ordinaut"'),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        finally:
+            reset_correlation_id(correlation)
+        await self.app(scope, receive, send)
+
+
+def http_app(server: MCPServer, *, host: str) -> RequireBearer:
+    """The streamable-HTTP ASGI app behind the Bearer gate; stateless, so any replica serves."""
+    return RequireBearer(server.streamable_http_app(stateless_http=True, host=host))

@@ -54,6 +54,7 @@ urlpatterns = [
     *route("tasks/<uuid:task_id>/resume", tasks_api.TaskResumeApi.as_view(), "task-resume"),
     *route("tasks/<uuid:task_id>/cancel", tasks_api.TaskCancelApi.as_view(), "task-cancel"),
     *route("tasks/<uuid:task_id>/preview", tasks_api.TaskPreviewApi.as_view(), "task-preview"),
+    *route("tasks/<uuid:task_id>/ledger", tasks_api.TaskLedgerApi.as_view(), "task-ledger"),
     *route("schedules/preview", tasks_api.SchedulePreviewApi.as_view(), "schedule-preview"),
     # -- runs
     *route("runs", tasks_api.RunListApi.as_view(), "runs"),

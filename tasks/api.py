@@ -6,8 +6,7 @@ declares the scope it needs and its throttle bucket next to its permission class
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 from django.conf import settings
 from django.http import JsonResponse
@@ -28,7 +27,15 @@ from agents.permissions import HasScope, acting_agent, is_admin
 from agents.throttles import AgentRateThrottle
 from audit.services import Actor
 from ordinaut import scopes
-from ordinaut.api import OperationSerializer, iso, operation, page, parse_body, parse_query
+from ordinaut.api import (
+    OperationSerializer,
+    PageQuerySerializer,
+    iso,
+    operation,
+    page,
+    parse_body,
+    parse_query,
+)
 from tasks import approvals, events, selectors, services
 from tasks.models import TaskStatus
 from tasks.serializers import (
@@ -36,6 +43,7 @@ from tasks.serializers import (
     ApprovalListQuerySerializer,
     ApprovalListSerializer,
     EventPublishSerializer,
+    LedgerListSerializer,
     PreviewQuerySerializer,
     PreviewSerializer,
     RunDetailSerializer,
@@ -54,7 +62,10 @@ from tasks.serializers import (
     TaskUpdateSerializer,
     approval_data,
     event_published_data,
+    ledger_entry_data,
     run_data,
+    snooze_data,
+    stats_data,
     task_create_arguments,
     task_data,
     task_update_changes,
@@ -219,17 +230,13 @@ class TaskSnoozeApi(_TaskActionApi):
             now=now,
         )
         until = now + timedelta(seconds=data["delay_seconds"])
+        affected = selectors.queued_occurrences_due_at(task=task, run_at=until)
         return Response(
             operation(
                 f"Task snoozed for {data['delay_seconds']} seconds",
-                {
-                    "task_id": str(task.id),
-                    "delay_seconds": data["delay_seconds"],
-                    "snoozed_until": iso(until),
-                    "affected_work_items": selectors.queued_occurrences_due_at(
-                        task=task, run_at=until
-                    ),
-                },
+                snooze_data(
+                    task, delay_seconds=data["delay_seconds"], until=until, affected=affected
+                ),
             )
         )
 
@@ -320,6 +327,29 @@ class TaskPreviewApi(APIView):
                     n=query["n"],
                 ),
             }
+        )
+
+
+class TaskLedgerApi(APIView):
+    permission_classes = [HasScope]
+    required_scope = scopes.TASKS_READ
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = "reads"
+
+    @extend_schema(
+        operation_id="tasks_ledger",
+        parameters=[PageQuerySerializer],
+        responses=LedgerListSerializer,
+        description=(
+            "Why didn't it run? The instants this task's schedule produced that did not run "
+            "(missed, coalesced, paused, snoozed, canceled, rescheduled), newest first."
+        ),
+    )
+    def get(self, request: Request, task_id: str) -> Response:
+        query = parse_query(PageQuerySerializer, request)
+        entries = selectors.ledger_list(viewer(request), task_id=task_id)
+        return Response(
+            page(entries, limit=query["limit"], offset=query["offset"], render=ledger_entry_data)
         )
 
 
@@ -434,7 +464,7 @@ class RunTaskStatsApi(_RunReadApi):
     def get(self, request: Request, task_id: str) -> Response:
         days = parse_query(StatsQuerySerializer, request).get("days", 30)
         stats = selectors.run_stats_for_task(viewer(request), task_id=task_id, days=days)
-        return Response(_isoformat_values(stats))
+        return Response(stats_data(stats))
 
 
 class RunStatsSummaryApi(_RunReadApi):
@@ -446,10 +476,6 @@ class RunStatsSummaryApi(_RunReadApi):
     def get(self, request: Request) -> Response:
         days = parse_query(StatsQuerySerializer, request).get("days", 7)
         return Response(selectors.run_stats_summary(viewer(request), days=days))
-
-
-def _isoformat_values(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: iso(v) if isinstance(v, datetime) else v for k, v in data.items()}
 
 
 # -- events ----------------------------------------------------------------------------------

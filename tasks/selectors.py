@@ -21,7 +21,15 @@ from agents.models import Agent
 from ordinaut.database import ModelColumns
 from ordinaut.errors import InvalidInput, NotFound
 from tasks import schedules
-from tasks.models import FINISHED_RUN_STATUSES, Occurrence, OccurrenceState, Run, RunStatus, Task
+from tasks.models import (
+    FINISHED_RUN_STATUSES,
+    Occurrence,
+    OccurrenceState,
+    Run,
+    RunStatus,
+    SkippedOccurrence,
+    Task,
+)
 
 _FAILED = [status for status in FINISHED_RUN_STATUSES if status != RunStatus.SUCCEEDED]
 
@@ -103,6 +111,12 @@ def task_get(viewer: Viewer, *, task_id: Any) -> Task:
     if task is None:
         raise NotFound(f"Task {task_id} not found")
     return task
+
+
+def ledger_list(viewer: Viewer, *, task_id: Any) -> QuerySet:
+    """The occurrence ledger of a visible task: instants that did not run, newest first."""
+    task = task_get(viewer, task_id=task_id)
+    return SkippedOccurrence.objects.filter(task=task).order_by("-scheduled_for", "-id")
 
 
 def queued_occurrence_count(*, task: Task) -> int:

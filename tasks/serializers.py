@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -17,6 +18,8 @@ from tasks.models import (
     Run,
     RunStatus,
     ScheduleKind,
+    SkippedOccurrence,
+    SkipReason,
     Task,
     TaskStatus,
     Trigger,
@@ -202,6 +205,23 @@ class SnoozeSerializer(StrictSerializer):
     reason = serializers.CharField(max_length=200, required=False, allow_null=True)
 
 
+def snooze_data(task: Task, *, delay_seconds: int, until: datetime, affected: int) -> dict:
+    """What POST /tasks/{id}/snooze and MCP's snooze_task report."""
+    return {
+        "task_id": str(task.id),
+        "delay_seconds": delay_seconds,
+        "snoozed_until": iso(until),
+        "affected_work_items": affected,
+    }
+
+
+def stats_data(stats: dict[str, Any]) -> dict[str, Any]:
+    """Run statistics with their instants as ISO 8601 text."""
+    return {
+        key: iso(value) if isinstance(value, datetime) else value for key, value in stats.items()
+    }
+
+
 class RunSerializer(serializers.Serializer):
     """The original's TaskRunResponse, plus status, scheduled_for, trigger, correlation_id."""
 
@@ -259,6 +279,36 @@ class RunListSerializer(serializers.Serializer):
     limit = serializers.IntegerField()
     offset = serializers.IntegerField()
     has_more = serializers.BooleanField()
+
+
+class LedgerEntrySerializer(serializers.Serializer):
+    """An instant the schedule produced that did not run, and why."""
+
+    scheduled_for = serializers.DateTimeField(help_text="The instant that did not run.")
+    reason = serializers.ChoiceField(choices=SkipReason.values)
+    lateness_seconds = serializers.FloatField(
+        help_text="How late the instant was when it was given up (negative: before it was due)."
+    )
+    details = serializers.DictField()
+    recorded_at = serializers.DateTimeField()
+
+
+class LedgerListSerializer(serializers.Serializer):
+    items = LedgerEntrySerializer(many=True)
+    total = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    has_more = serializers.BooleanField()
+
+
+def ledger_entry_data(entry: SkippedOccurrence) -> dict[str, Any]:
+    return {
+        "scheduled_for": iso(entry.scheduled_for),
+        "reason": entry.reason,
+        "lateness_seconds": round(entry.lateness_seconds, 3),
+        "details": entry.details,
+        "recorded_at": iso(entry.recorded_at),
+    }
 
 
 class RunListQuerySerializer(PageQuerySerializer):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 from asgiref.sync import async_to_sync
 from django.conf import settings
@@ -26,7 +27,8 @@ SCOPES = ["tasks:read", "tasks:write", "runs:read", "tools:read"]
 EXPECTED_TOOLS = {
     "create_task", "list_tasks", "get_task", "update_task", "pause_task", "resume_task",
     "cancel_task", "run_task_now", "preview_schedule", "list_runs", "get_run",
-    "publish_event", "list_tools", "decide_approval",
+    "publish_event", "list_tools", "decide_approval", "list_approvals", "snooze_task",
+    "get_task_ledger", "get_latest_run", "get_task_stats", "get_runs_summary",
 }  # fmt: skip
 
 
@@ -231,11 +233,145 @@ def test_streamable_http_transport_with_bearer_header(test_database_url):
                 time.sleep(0.3)
         task = structured(created)["task"]
         listed = structured(async_to_sync(call)(access, "list_tasks", {}))
-        refused = async_to_sync(call)(None, "list_tasks", {})
-        agent_id_token = async_to_sync(call)(str(agent.id), "list_tasks", {})
+        accepted = initialize(url, access)
+        refused = initialize(url, None)
+        agent_id_token = initialize(url, str(agent.id))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     assert listed["items"][0]["id"] == task["id"]
-    assert error_text(refused).startswith("401")
-    assert error_text(agent_id_token).startswith("401")
+    assert accepted.status_code == 200
+    # Refused at `initialize`, before any session exists, in REST's error envelope.
+    for response in (refused, agent_id_token):
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert response.json()["error"]["code"] == "authentication_failed"
+    assert "Authorization: Bearer" in refused.json()["error"]["message"]
+
+
+def initialize(url: str, token: str | None) -> httpx.Response:
+    """The MCP `initialize` request as a client's first POST."""
+    headers = {"Accept": "application/json, text/event-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = {
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "test", "version": "1"}},
+    }  # fmt: skip
+    return httpx.post(url, json=body, headers=headers, timeout=10)
+
+
+# -- parity with REST (#24) ----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_create_task_takes_every_rest_field_and_refuses_unknown_arguments():
+    agent, _ = make_agent(scopes=SCOPES)
+    body = task_body(
+        misfire_policy="skip", timeout_seconds=90, backoff_strategy="fixed",
+        concurrency_key="mail", dedupe_key="d-1", dedupe_window_seconds=60, max_retries=2,
+        priority=7, description="every field", timezone="Europe/Chisinau",
+    )  # fmt: skip
+
+    async def scenario(client):
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        created = structured(await client.call_tool("create_task", body))
+        typo = await client.call_tool("create_task", {**task_body(), "misfire_polcy": "skip"})
+        bad_change = await client.call_tool(
+            "update_task", {"task_id": created["task"]["id"], "changes": {"colour": "red"}}
+        )
+        return tools, created, typo, bad_change
+
+    tools, created, typo, bad_change = in_process(api_key_for(agent), scenario)
+    schema = tools["create_task"].input_schema
+    assert {"misfire_policy", "timeout_seconds", "backoff_strategy", "created_by"} <= set(
+        schema["properties"]
+    )
+    assert schema["additionalProperties"] is False
+    task = created["task"]
+    for field in ("misfire_policy", "timeout_seconds", "backoff_strategy", "concurrency_key",
+                  "dedupe_key", "max_retries", "priority", "description", "timezone"):  # fmt: skip
+        assert task[field] == body[field], field
+    assert typo.is_error
+    assert "misfire_polcy" in typo.content[0].text
+    assert error_text(bad_change).startswith("422 validation_error")
+    assert "colour" in error_text(bad_change)
+    assert Task.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_omitted_create_fields_get_rests_defaults():
+    agent, _ = make_agent(scopes=SCOPES)
+
+    async def scenario(client):
+        return structured(await client.call_tool("create_task", task_body()))["task"]
+
+    task = in_process(api_key_for(agent), scenario)
+    assert task["misfire_policy"] == "coalesce"
+    assert task["backoff_strategy"] == "exponential_jitter"
+    assert task["priority"] == 5
+    assert task["timezone"] == settings.TIME_ZONE
+
+
+@pytest.mark.django_db
+def test_preview_schedule_takes_after_and_flags_dst():
+    agent, _ = make_agent(scopes=SCOPES)
+    arguments = {"schedule_kind": "cron", "schedule_expr": "30 2 * * *", "n": 3,
+                 "timezone": "America/New_York", "after": "2025-03-07T12:00:00Z"}  # fmt: skip
+
+    async def scenario(client):
+        return structured(await client.call_tool("preview_schedule", arguments))
+
+    preview = in_process(api_key_for(agent), scenario)
+    occurrences = preview["occurrences"]
+    assert [o["dst_shifted"] for o in occurrences] == [False, True, False]
+    assert occurrences[1]["local"] == "2025-03-09T03:00:00-04:00"
+
+
+@pytest.mark.django_db
+def test_snooze_latest_run_and_stats_tools():
+    agent, _ = make_agent(scopes=SCOPES)
+    task = make_task(agent)
+
+    async def before_any_run(client):
+        latest = structured(await client.call_tool("get_latest_run", {"task_id": str(task.id)}))
+        snoozed = structured(
+            await client.call_tool(
+                "snooze_task", {"task_id": str(task.id), "delay_seconds": 600, "reason": "meeting"}
+            )
+        )
+        too_long = await client.call_tool(
+            "snooze_task", {"task_id": str(task.id), "delay_seconds": 10**7}
+        )
+        return latest, snoozed, too_long
+
+    latest, snoozed, too_long = in_process(api_key_for(agent), before_any_run)
+    assert latest == {"run": None}
+    assert snoozed["task_id"] == str(task.id)
+    assert snoozed["delay_seconds"] == 600
+    assert snoozed["snoozed_until"]
+    assert error_text(too_long).startswith('422 validation_error: {"delay_seconds": ["Ensure')
+    assert AuditEvent.objects.filter(action="task.snoozed", subject_id=str(task.id)).exists()
+
+    finished = task.created_at
+    Run.objects.create(
+        task=task, scheduled_for=finished, attempt=1, status="failed",
+        started_at=finished, finished_at=finished, error="boom",
+    )  # fmt: skip
+
+    async def after_a_run(client):
+        return (
+            structured(await client.call_tool("get_latest_run", {"task_id": str(task.id)})),
+            structured(await client.call_tool("get_task_stats", {"task_id": str(task.id)})),
+            structured(await client.call_tool("get_runs_summary", {"days": 1})),
+            await client.call_tool("get_runs_summary", {"days": 0}),
+        )
+
+    latest, stats, summary, bad_days = in_process(api_key_for(agent), after_a_run)
+    assert latest["run"]["error"] == "boom"
+    assert stats["task_id"] == str(task.id)
+    assert stats["total_runs"] == 1
+    assert stats["failed_runs"] == 1
+    assert summary["total_runs"] == 1
+    assert error_text(bad_days).startswith("422 validation_error")

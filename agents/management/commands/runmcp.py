@@ -1,8 +1,9 @@
 import os
 
+import uvicorn
 from django.core.management.base import BaseCommand
 
-from agents.mcp_server import build_server
+from agents.mcp_server import build_server, http_app
 from ordinaut.logging import log_to_stderr
 
 
@@ -22,6 +23,5 @@ class Command(BaseCommand):
             server.run("stdio")
         else:
             # Stateless: every request carries its own Bearer token, any replica can serve it.
-            server.run(
-                "streamable-http", host=options["host"], port=options["port"], stateless_http=True
-            )
+            app = http_app(server, host=options["host"])
+            uvicorn.run(app, host=options["host"], port=options["port"], log_level="warning")
