@@ -75,7 +75,7 @@ def agent_data(agent: Agent) -> dict[str, Any]:
 
 class CredentialIssueSerializer(StrictSerializer):
     kind = serializers.ChoiceField(
-        choices=CredentialKind.values,
+        choices=CredentialKind.choices,
         default=CredentialKind.SECRET,
         help_text="secret: exchanged for JWTs; api_key: sent directly as the Bearer token.",
     )
@@ -99,7 +99,7 @@ class CredentialIssueSerializer(StrictSerializer):
 
 class CredentialIssuedSerializer(serializers.Serializer):
     agent_id = serializers.UUIDField()
-    kind = serializers.ChoiceField(choices=CredentialKind.values)
+    kind = serializers.ChoiceField(choices=CredentialKind.choices)
     key_id = serializers.CharField()
     agent_secret = serializers.CharField(required=False, help_text="For kind=secret; shown once.")
     api_key = serializers.CharField(required=False, help_text="For kind=api_key; shown once.")
@@ -109,7 +109,7 @@ class CredentialIssuedSerializer(serializers.Serializer):
 
 class CredentialSerializer(serializers.Serializer):
     key_id = serializers.CharField()
-    kind = serializers.ChoiceField(choices=CredentialKind.values)
+    kind = serializers.ChoiceField(choices=CredentialKind.choices)
     label = serializers.CharField()
     created_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField(allow_null=True)

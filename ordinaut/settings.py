@@ -247,9 +247,11 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "PREPROCESSING_HOOKS": ["agents.openapi.drop_trailing_slash_duplicates"],
     "ENUM_NAME_OVERRIDES": {
-        # Two enums share the field name "status"; name them (values as in tasks.models).
-        "TaskStatusEnum": ["active", "paused", "canceled"],
-        "RunStatusEnum": ["running", "succeeded", "failed", "timed_out", "lost", "canceled"],
+        # Several enums share the field name "status"; name each after its model's choices
+        # (import paths, so a status added to the model is covered without an edit here).
+        "TaskStatusEnum": "tasks.models.TaskStatus.choices",
+        "RunStatusEnum": "tasks.models.RunStatus.choices",
+        "ApprovalStatusEnum": "tasks.models.ApprovalStatus.choices",
     },
 }
 

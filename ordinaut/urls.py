@@ -1,5 +1,6 @@
 from django.contrib import admin
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import (
     SpectacularJSONAPIView,
     SpectacularRedocView,
@@ -9,6 +10,7 @@ from drf_spectacular.views import (
 from agents import api as agents_api
 from audit import api as audit_api
 from ordinaut import health
+from ordinaut.errors import json_404
 from pipelines import api as pipelines_api
 from tasks import api as tasks_api
 
@@ -79,6 +81,11 @@ urlpatterns = [
     *route("tools", pipelines_api.ToolListApi.as_view(), "tools"),
     *route("schemas/pipeline", pipelines_api.PipelineSchemaApi.as_view(), "pipeline-schema"),
     *route("audit", audit_api.AuditListApi.as_view(), "audit"),
+    # Last: any other path (`/tasks/not-a-uuid` too) is the JSON 404. As a route rather than
+    # only handler404, it answers the same under DEBUG, where Django would render its HTML
+    # debug page. The admin keeps its own 404s and its slash redirect.
+    # CSRF-exempt like the API views: an unknown path is a 404 for a POST too, not a CSRF page.
+    re_path(r"^(?!admin(?:/|$)).*$", csrf_exempt(json_404), name="not-found"),
 ]
 
 handler404 = "ordinaut.errors.json_404"

@@ -361,14 +361,15 @@ class _Execution:
         from pipelines.registry import UnknownTool, get_tool
 
         try:
-            arguments = render(current.step.get("with") or {}, self.templates)
-        except TemplateError as exc:
-            return current.fail(str(exc), retryable=False)
-        current.record["input"] = self._redact(arguments)
-        try:
             tool = get_tool(current.uses)
         except UnknownTool as exc:
             return current.fail(exc.message, retryable=False)
+        try:
+            # The tool's input schema decides where a whole-string template becomes text.
+            arguments = render(current.step.get("with") or {}, self.templates, tool.input_schema)
+        except TemplateError as exc:
+            return current.fail(str(exc), retryable=False)
+        current.record["input"] = self._redact(arguments)
         if not grants(self.agent.scopes, tool.required_scope):
             return current.fail(
                 f"agent {self.agent.name!r} lacks scope {tool.required_scope!r}", retryable=False

@@ -8,11 +8,13 @@ An expression is one of:
 - anything else: a JMESPath expression over the run context `{params, steps, run, task, event,
   now}`, as in the original Ordinaut (`${steps.weather.temp > \\`20\\`}` works).
 
-A string that is exactly one template keeps the value's type (an object stays an object);
-templates embedded in longer text are stringified (JSON for objects, `true`/`null` for
-booleans and null). `$${` writes a literal `${`. A plain path such as `steps.weather.temp`
-is resolved strictly: a missing key is an error naming it, because a typo that silently
-renders `null` would send wrong data to a tool.
+A string that is exactly one template keeps the value's type (an object stays an object),
+unless the schema of the field it fills asks for a string the value is not: then it is
+stringified as the original Ordinaut did, so `{"text": "${steps.weather.temp}"}` sends `"25.5"`
+to a tool whose `text` is a string. Templates embedded in longer text are stringified (JSON for
+objects, `true`/`null` for booleans and null). `$${` writes a literal `${`. A plain path such
+as `steps.weather.temp` is resolved strictly: a missing key is an error naming it, because a
+typo that silently renders `null` would send wrong data to a tool.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from jmespath.exceptions import JMESPathError
 CONTEXT_ROOTS = ("params", "steps", "run", "task", "event", "now")
 
 TEMPLATE_RE = re.compile(r"(?<!\$)\$\{([^{}]*)\}")
-_ESCAPED_RE = re.compile(r"\$\$\{")
+# One pass over the text: an escaped `$${` or a template. Replacing both in one pass means a
+# rendered value that happens to contain `$${` is left as it is.
+_TOKEN_RE = re.compile(r"\$\$\{|\$\{([^{}]*)\}")
 _NOW_OFFSET_RE = re.compile(r"^now\s*([+-])\s*(\d+(?:\.\d+)?)\s*([smhdw])$")
 _SECRET_RE = re.compile(r"^secrets\.([A-Za-z_][A-Za-z0-9_]*)$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -59,17 +63,32 @@ class TemplateContext:
     revealed: set[str] = field(default_factory=set)
 
 
-def render(value: Any, context: TemplateContext) -> Any:
+def render(value: Any, context: TemplateContext, schema: Any = None) -> Any:
     """Render every template in `value` (nested dicts and lists included).
 
-    Raises TemplateError naming the first expression that fails. `value` is not modified.
+    `schema` is the JSON Schema `value` must meet (a tool's input schema), if known: it decides
+    where a whole-string template's value becomes text (see the module docstring). Raises
+    TemplateError naming the first expression that fails. `value` is not modified.
     """
+    return _render(value, context, _Schemas(schema if isinstance(schema, dict) else {}))
+
+
+def _render(value: Any, context: TemplateContext, schemas: _Schemas, at: Any = None) -> Any:
     if isinstance(value, dict):
-        return {key: render(item, context) for key, item in value.items()}
+        return {
+            key: _render(item, context, schemas, schemas.member(at, key))
+            for key, item in value.items()
+        }
     if isinstance(value, list):
-        return [render(item, context) for item in value]
+        return [
+            _render(item, context, schemas, schemas.item(at, index))
+            for index, item in enumerate(value)
+        ]
     if isinstance(value, str):
-        return _render_string(value, context)
+        rendered = _render_string(value, context)
+        if not isinstance(rendered, str) and schemas.wants_text(at, rendered):
+            return stringify(rendered)
+        return rendered
     return value
 
 
@@ -112,7 +131,12 @@ def compile_expression(expression: str) -> Any:
     try:
         return jmespath.compile(expression)
     except JMESPathError as exc:
+        # jmespath's first line ends by announcing the expression it prints on the next lines;
+        # the expression is already named here, so the dangling announcement goes.
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = re.sub(r",? for expression:$", "", reason)
+        if reason.endswith("Incomplete expression:"):
+            reason = "incomplete expression"
         raise TemplateError(f"invalid expression {expression!r}: {reason}") from exc
 
 
@@ -178,8 +202,99 @@ def _render_string(text: str, context: TemplateContext) -> Any:
     whole = TEMPLATE_RE.fullmatch(text)
     if whole:
         return evaluate(whole.group(1), context)
-    rendered = TEMPLATE_RE.sub(lambda match: stringify(evaluate(match.group(1), context)), text)
-    return _ESCAPED_RE.sub("${", rendered)
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        return stringify(evaluate(match.group(1), context))
+
+    return _TOKEN_RE.sub(replace, text)
+
+
+# JSON Schema type names of the values a template yields.
+_JSON_TYPES: tuple[tuple[type | tuple[type, ...], tuple[str, ...]], ...] = (
+    (bool, ("boolean",)),
+    (int, ("integer", "number")),
+    (float, ("number",)),
+    (str, ("string",)),
+    (list, ("array",)),
+    (dict, ("object",)),
+)
+_MAX_REF_HOPS = 16
+
+
+@dataclass(frozen=True)
+class _Schemas:
+    """Walks a JSON Schema alongside the value being rendered (local `$ref`s followed)."""
+
+    root: dict[str, Any]
+
+    def resolve(self, schema: Any) -> dict[str, Any] | None:
+        for _ in range(_MAX_REF_HOPS):
+            if not isinstance(schema, dict):
+                return None
+            ref = schema.get("$ref")
+            if not isinstance(ref, str):
+                return schema
+            schema = self._pointer(ref)
+        return None
+
+    def member(self, at: Any, key: str) -> Any:
+        schema = self.resolve(self.root if at is None else at)
+        if schema is None:
+            return None
+        properties = schema.get("properties")
+        if isinstance(properties, dict) and key in properties:
+            return properties[key]
+        extra = schema.get("additionalProperties")
+        return extra if isinstance(extra, dict) else None
+
+    def item(self, at: Any, index: int) -> Any:
+        schema = self.resolve(self.root if at is None else at)
+        if schema is None:
+            return None
+        prefix = schema.get("prefixItems")
+        if isinstance(prefix, list):
+            if index < len(prefix):
+                return prefix[index]
+            return schema.get("items") if isinstance(schema.get("items"), dict) else None
+        items = schema.get("items")
+        if isinstance(items, list):  # draft-04..2019 tuple form
+            return items[index] if index < len(items) else None
+        return items if isinstance(items, dict) else None
+
+    def wants_text(self, at: Any, value: Any) -> bool:
+        """True when the schema at `at` takes a string but not `value` as it is."""
+        schema = self.resolve(at)
+        if schema is None:
+            return False
+        declared = schema.get("type")
+        types = {declared} if isinstance(declared, str) else set(declared or ())
+        if "string" not in types:
+            return False
+        return not types.intersection(_json_types(value))
+
+    def _pointer(self, ref: str) -> Any:
+        if not ref.startswith("#"):
+            return None  # a remote schema: not followed, so no conversion is guessed
+        current: Any = self.root
+        for part in ref[1:].split("/")[1:] if ref != "#" else []:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(current, dict) or part not in current:
+                return None
+            current = current[part]
+        return current
+
+
+def _json_types(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ("null",)
+    for python_type, names in _JSON_TYPES:
+        if isinstance(value, python_type):
+            if python_type is float and value.is_integer():
+                return ("number", "integer")
+            return names
+    return ()
 
 
 def _resolve_strictly(expression: str, chain: list[str | int], data: Any) -> Any:

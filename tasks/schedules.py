@@ -52,8 +52,10 @@ __all__ = [
 
 KINDS = ("cron", "rrule", "once", "event", "condition")
 
-# How far ahead a cron or rrule schedule is searched. A schedule with nothing inside the horizon
-# is invalid; this bound is what keeps a never-matching rule from stalling the scheduler.
+# The longest wait a cron or rrule schedule is searched for: from `after` to the first occurrence
+# and from each occurrence to the next. A schedule with nothing inside it is invalid; the bound is
+# what keeps a never-matching rule from stalling the scheduler. It bounds each gap rather than the
+# whole window, so a rule whose occurrences are years apart (29 February) still yields `n` of them.
 HORIZON_YEARS = 10
 _HORIZON = timedelta(days=366 * HORIZON_YEARS)
 
@@ -94,9 +96,10 @@ def next_occurrences(
     """Return up to `n` fire instants strictly after `after`, earliest first.
 
     `after` must be timezone-aware. Results are strictly increasing, all later than `after`,
-    expressed in ``ZoneInfo(timezone)``, and found within HORIZON_YEARS of `after` (``once`` has
-    no horizon). Fewer than `n` (possibly none) means the schedule has nothing more in that
-    window; ``event`` and ``condition`` never have time occurrences. An RRULE without DTSTART is
+    expressed in ``ZoneInfo(timezone)``. The search gives up on a wait longer than HORIZON_YEARS,
+    from `after` to the first result or from one result to the next (``once`` has no horizon), so
+    fewer than `n` (possibly none) means the schedule has nothing more within that wait;
+    ``event`` and ``condition`` never have time occurrences. An RRULE without DTSTART is
     anchored at `after` (seconds zeroed), so its INTERVAL phase and COUNT restart on every call:
     store rules through with_dtstart. Raises ScheduleError for an invalid schedule or a naive
     `after`, and ValueError when `n` is outside 0..MAX_OCCURRENCES.
@@ -244,14 +247,14 @@ def _wall_instants(walls: Iterable[datetime], tz: ZoneInfo) -> Iterator[datetime
 def _firings(
     instants: Iterable[datetime],
     after: datetime,
-    horizon: datetime,
     excluded: frozenset[datetime] = frozenset(),
 ) -> Iterator[datetime]:
-    """Yield the non-decreasing `instants` that are > `after` and <= `horizon`, once each."""
+    """Yield the non-decreasing `instants` that are > `after`, once each, until one comes more
+    than _HORIZON after the previous one yielded (or after `after`, for the first)."""
     last = after
     skipped = 0
     for instant in instants:
-        if instant > horizon:
+        if instant > last + _HORIZON:
             return
         if instant <= last or instant in excluded:
             skipped += 1
@@ -313,7 +316,7 @@ class _Cron(_Schedule):
     def instants_after(self, after: datetime) -> Iterator[datetime]:
         start = after.astimezone(self.tz).replace(tzinfo=None)
         walls = self._walls_after(start)
-        return _firings(_wall_instants(walls, self.tz), after, after + _HORIZON)
+        return _firings(_wall_instants(walls, self.tz), after)
 
     def _walls_after(self, start: datetime) -> Iterator[datetime]:
         # croniter's constructor re-parses the expression (~0.4 ms); a shallow copy of the parsed
@@ -361,20 +364,43 @@ class _RRule(_Schedule):
     exdates: frozenset[datetime]
 
     def instants_after(self, after: datetime) -> Iterator[datetime]:
-        horizon = after + _HORIZON
-        local_after = after.astimezone(self.tz).replace(tzinfo=None)
-        local_horizon = horizon.astimezone(self.tz).replace(tzinfo=None)
-        instants = _wall_instants(self._walls_after(local_after, local_horizon), self.tz)
+        instants = self._rule_instants(after)
         if self.until is not None:
             until = self.until
             instants = itertools.takewhile(lambda instant: instant <= until, instants)
         rdates = self.rdates[bisect.bisect_right(self.rdates, after) :]
-        return _firings(heapq.merge(instants, rdates), after, horizon, self.exdates)
+        return _firings(heapq.merge(instants, rdates), after, self.exdates)
 
-    def _walls_after(self, local_after: datetime, local_horizon: datetime) -> Iterator[datetime]:
-        """Yield the rule's wall times in (local_after, local_horizon], in order."""
+    def _rule_instants(self, after: datetime) -> Iterator[datetime]:
+        """Yield the rule's instants after `after`, searched one horizon-long window at a time.
+
+        dateutil needs an end to search to, so the rule is walked in consecutive windows: the
+        first ends _HORIZON after `after`, each next one _HORIZON after the latest instant found.
+        A window with nothing in it ends the walk, which is exactly the gap rule of _firings. The
+        walls of consecutive windows are disjoint, so no instant is yielded twice.
+        """
+        local = functools.partial(_utc_to_wall, tz=self.tz)
+        anchor = local(after)
+        window_start, window_end = after, after + _HORIZON
+        while True:
+            latest = None
+            for wall in self._walls_after(local(window_start), local(window_end), anchor):
+                latest = _wall_to_utc(wall, self.tz)
+                yield latest
+            if latest is None:
+                return
+            window_start, window_end = window_end, latest + _HORIZON
+
+    def _walls_after(
+        self, local_after: datetime, local_horizon: datetime, anchor: datetime
+    ) -> Iterator[datetime]:
+        """Yield the rule's wall times in (local_after, local_horizon], in order.
+
+        A rule without DTSTART is anchored at `anchor` (the call's own `after`), so that every
+        window of one call keeps the same INTERVAL phase.
+        """
         if self.dtstart is None:
-            start = local_after.replace(second=0, microsecond=0)
+            start = anchor.replace(second=0, microsecond=0)
         elif self.count is None:
             start = _fast_forward(self.dtstart, self.freq, self.interval, local_after)
         else:

@@ -57,7 +57,7 @@ class TaskCreateSerializer(StrictSerializer):
     description = serializers.CharField(
         max_length=2000, required=False, allow_blank=True, default=""
     )
-    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.values)
+    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.choices)
     schedule_expr = _schedule_expr_field(required=False, default=None)
     timezone = serializers.CharField(
         max_length=64, required=False, help_text="IANA zone; defaults to the server's TZ."
@@ -70,11 +70,11 @@ class TaskCreateSerializer(StrictSerializer):
     dedupe_window_seconds = serializers.IntegerField(min_value=0, max_value=INT32_MAX, default=0)
     max_retries = serializers.IntegerField(min_value=0, max_value=100, required=False)
     backoff_strategy = serializers.ChoiceField(
-        choices=BackoffStrategy.values, default=BackoffStrategy.EXPONENTIAL_JITTER
+        choices=BackoffStrategy.choices, default=BackoffStrategy.EXPONENTIAL_JITTER
     )
     concurrency_key = serializers.CharField(max_length=100, required=False, allow_null=True)
     misfire_policy = serializers.ChoiceField(
-        choices=MisfirePolicy.values, default=MisfirePolicy.COALESCE
+        choices=MisfirePolicy.choices, default=MisfirePolicy.COALESCE
     )
     timeout_seconds = serializers.IntegerField(
         min_value=1, max_value=INT32_MAX, required=False, allow_null=True
@@ -91,20 +91,20 @@ class TaskUpdateSerializer(StrictSerializer):
 
     title = serializers.CharField(min_length=1, max_length=200, required=False)
     description = serializers.CharField(max_length=2000, required=False, allow_blank=True)
-    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.values, required=False)
+    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.choices, required=False)
     schedule_expr = _schedule_expr_field(required=False)
     timezone = serializers.CharField(max_length=64, required=False)
     payload = PayloadField(required=False)
     priority = serializers.IntegerField(min_value=1, max_value=9, required=False)
-    status = serializers.ChoiceField(choices=TaskStatus.values, required=False)
+    status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     dedupe_key = serializers.CharField(max_length=100, required=False, allow_null=True)
     dedupe_window_seconds = serializers.IntegerField(
         min_value=0, max_value=INT32_MAX, required=False
     )
     max_retries = serializers.IntegerField(min_value=0, max_value=100, required=False)
-    backoff_strategy = serializers.ChoiceField(choices=BackoffStrategy.values, required=False)
+    backoff_strategy = serializers.ChoiceField(choices=BackoffStrategy.choices, required=False)
     concurrency_key = serializers.CharField(max_length=100, required=False, allow_null=True)
-    misfire_policy = serializers.ChoiceField(choices=MisfirePolicy.values, required=False)
+    misfire_policy = serializers.ChoiceField(choices=MisfirePolicy.choices, required=False)
     timeout_seconds = serializers.IntegerField(
         min_value=1, max_value=INT32_MAX, required=False, allow_null=True
     )
@@ -142,18 +142,18 @@ class TaskSerializer(serializers.Serializer):
     title = serializers.CharField()
     description = serializers.CharField(allow_blank=True)
     created_by = serializers.UUIDField()
-    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.values)
+    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.choices)
     schedule_expr = serializers.CharField(allow_null=True)
     timezone = serializers.CharField()
     payload = serializers.DictField()
-    status = serializers.ChoiceField(choices=TaskStatus.values)
+    status = serializers.ChoiceField(choices=TaskStatus.choices)
     priority = serializers.IntegerField()
     dedupe_key = serializers.CharField(allow_null=True)
     dedupe_window_seconds = serializers.IntegerField()
     max_retries = serializers.IntegerField()
-    backoff_strategy = serializers.ChoiceField(choices=BackoffStrategy.values)
+    backoff_strategy = serializers.ChoiceField(choices=BackoffStrategy.choices)
     concurrency_key = serializers.CharField(allow_null=True)
-    misfire_policy = serializers.ChoiceField(choices=MisfirePolicy.values)
+    misfire_policy = serializers.ChoiceField(choices=MisfirePolicy.choices)
     timeout_seconds = serializers.IntegerField(allow_null=True)
     next_run_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
@@ -195,9 +195,9 @@ class TaskListSerializer(serializers.Serializer):
 
 
 class TaskListQuerySerializer(PageQuerySerializer):
-    status = serializers.ChoiceField(choices=TaskStatus.values, required=False)
+    status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     created_by = serializers.UUIDField(required=False)
-    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.values, required=False)
+    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.choices, required=False)
 
 
 class SnoozeSerializer(StrictSerializer):
@@ -236,9 +236,9 @@ class RunSerializer(serializers.Serializer):
     attempt = serializers.IntegerField()
     output = serializers.JSONField(allow_null=True)
     created_at = serializers.DateTimeField()
-    status = serializers.ChoiceField(choices=RunStatus.values)
+    status = serializers.ChoiceField(choices=RunStatus.choices)
     scheduled_for = serializers.DateTimeField()
-    trigger = serializers.ChoiceField(choices=Trigger.values)
+    trigger = serializers.ChoiceField(choices=Trigger.choices)
     correlation_id = serializers.CharField(allow_blank=True)
 
 
@@ -285,7 +285,7 @@ class LedgerEntrySerializer(serializers.Serializer):
     """An instant the schedule produced that did not run, and why."""
 
     scheduled_for = serializers.DateTimeField(help_text="The instant that did not run.")
-    reason = serializers.ChoiceField(choices=SkipReason.values)
+    reason = serializers.ChoiceField(choices=SkipReason.choices)
     lateness_seconds = serializers.FloatField(
         help_text="How late the instant was when it was given up (negative: before it was due)."
     )
@@ -354,7 +354,7 @@ class PreviewQuerySerializer(serializers.Serializer):
 
 
 class SchedulePreviewSerializer(StrictSerializer):
-    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.values)
+    schedule_kind = serializers.ChoiceField(choices=ScheduleKind.choices)
     schedule_expr = serializers.CharField(max_length=4096)
     timezone = serializers.CharField(max_length=64, required=False)
     n = serializers.IntegerField(min_value=1, max_value=100, default=10)
@@ -412,7 +412,7 @@ def event_published_data(event: Any) -> dict[str, Any]:
 
 
 class ApprovalListQuerySerializer(PageQuerySerializer):
-    status = serializers.ChoiceField(choices=ApprovalStatus.values, required=False)
+    status = serializers.ChoiceField(choices=ApprovalStatus.choices, required=False)
 
 
 class ApprovalDecisionSerializer(StrictSerializer):
@@ -427,7 +427,7 @@ class ApprovalSerializer(serializers.Serializer):
     prompt = serializers.CharField()
     context = serializers.JSONField(allow_null=True)
     approvers = serializers.ListField(child=serializers.CharField())
-    status = serializers.ChoiceField(choices=ApprovalStatus.values)
+    status = serializers.ChoiceField(choices=ApprovalStatus.choices)
     expires_at = serializers.DateTimeField()
     created_at = serializers.DateTimeField()
     decided_by = serializers.CharField(allow_blank=True)

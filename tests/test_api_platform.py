@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from django.test import override_settings
 
@@ -15,7 +18,9 @@ from tests.api_support import (  # noqa: F401 (fixtures)
     fresh_throttles,
     task_body,
 )
+from tests.conftest import command_env, run_manage
 from tests.factories import make_agent
+from tests.mcp_fixtures import register_stdio_server
 
 pytestmark = pytest.mark.django_db
 
@@ -165,6 +170,23 @@ def test_tools_need_tools_read(api):
     assert_error(api.as_(other).get("/tools"), 403)
 
 
+def test_tools_show_the_scope_that_a_refused_step_names(api):
+    server = register_stdio_server("calendar")
+    _, key = agent_with_key(scopes=["tools:read", "tasks:write"])
+    client = api.as_(key)
+
+    tools = client.get("/tools").json()
+
+    assert tools["http.request"]["scope"] == "http"
+    mcp_tool = f"mcp.calendar.{server.tools[0]['name']}"
+    assert tools[mcp_tool]["scope"] == "mcp:calendar"
+    assert tools["debug.echo"]["scope"] is None
+    step = {"id": "fetch", "uses": "http.request", "with": {"url": "https://example.com"}}
+    refused = client.post("/tasks", task_body(payload={"pipeline": [step]}))
+    body = assert_error(refused, 422)
+    assert "'http'" in json.dumps(body)
+
+
 def test_unknown_route_and_wrong_method_are_json_errors(api):
     response = api.get("/no/such/route")
     assert response.status_code == 404
@@ -225,3 +247,39 @@ def test_api_responses_never_touch_the_session(client, django_user_model):
     assert "Cookie" not in response.get("Vary", "")
     unauthenticated = client.get("/tasks")
     assert unauthenticated.status_code == 401  # an admin session is not an API credential
+
+
+def test_openapi_descriptions_hold_no_internal_notes(api):
+    schema = api.get("/openapi.json").json()
+    texts = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}[{index}]")
+        elif isinstance(node, str) and where.endswith(("description", "summary", "title")):
+            texts.append((where, node))
+
+    walk(schema, "")
+    notes = re.compile(
+        r"\bthe issue\b|\b(TODO|FIXME|XXX|serializer|docstring)\b|#\d+", re.IGNORECASE
+    )
+    leaked = [f"{where}: {text[:80]}" for where, text in texts if notes.search(text)]
+    assert texts
+    assert not leaked, "\n".join(leaked)
+
+
+def test_openapi_generation_has_no_warnings(tmp_path):
+    # Each enum is named after its model's choices (ENUM_NAME_OVERRIDES), not a hash.
+    env = command_env(DEBUG="0", SECRET_KEY="s" * 50, DATABASE_URL="postgresql://u:p@127.0.0.1:1/d")
+    target = tmp_path / "openapi.json"
+    done = run_manage(
+        "spectacular", "--fail-on-warn", "--format", "openapi-json", "--file", str(target), env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
+    schemas = json.loads(target.read_text())["components"]["schemas"]
+    assert schemas["RunStatusEnum"]["enum"][-1] == "waiting_approval"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.test import Client
 
 from audit.models import AuditEvent
 from tasks.models import Occurrence, OccurrenceState, Task, Trigger
@@ -242,12 +243,26 @@ def test_non_json_content_type_is_415(owner):
     assert_error(response, 415)
 
 
-def test_invalid_uuid_in_path_is_json_404(owner):
+@pytest.mark.parametrize("debug", [False, True])
+def test_invalid_uuid_in_path_is_json_404(owner, settings, debug):
+    settings.DEBUG = debug  # Django's HTML debug 404 must not replace the envelope
     _, client = owner
     response = client.get("/tasks/not-a-uuid")
     assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
     assert response.json()["error"]["code"] == "not_found"
+    assert client.get("/no/such/route").json()["error"]["code"] == "not_found"
     assert_error(client.get(f"/tasks/{uuid.uuid4()}"), 404)
+
+
+def test_a_post_to_an_unknown_path_is_json_404_not_a_csrf_page(owner):
+    _, client = owner
+    strict = Client(enforce_csrf_checks=True)
+    response = strict.post(
+        "/tasks/null,null/snooze", "{}", content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {client.token}",
+    )  # fmt: skip
+    assert_error(response, 404)
 
 
 def test_negative_and_huge_limits_are_422(owner):

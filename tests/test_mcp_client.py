@@ -9,6 +9,7 @@ import time
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.utils import timezone
 
 from ordinaut.embedded import free_port
@@ -183,6 +184,37 @@ def test_addmcpserver_registers_a_stdio_server_and_discovers_it():
     assert server.transport == "stdio"
     assert "mcp.brief.forecast" in out.getvalue()
     assert "forecast" in server.tool_names()
+
+
+def test_addmcpserver_takes_dashed_args_and_a_command_with_spaces():
+    from tests.mcp_fixtures import SERVER_SCRIPT
+
+    call_command(
+        "addmcpserver", "dashed", "--command", os.sys.executable, "--arg", "-X", "--arg", "utf8",
+        "--arg", str(SERVER_SCRIPT), stdout=io.StringIO(),
+    )  # fmt: skip
+    call_command(
+        "addmcpserver", "spaced", "--command", f"{os.sys.executable} -X utf8",
+        "--arg", str(SERVER_SCRIPT), stdout=io.StringIO(),
+    )  # fmt: skip
+
+    for name in ("dashed", "spaced"):
+        server = McpServer.objects.get(name=name)
+        assert server.command == os.sys.executable
+        assert server.args == ["-X", "utf8", str(SERVER_SCRIPT)]
+        assert "forecast" in server.tool_names()  # it really started with those arguments
+    with pytest.raises(CommandError, match="No closing quotation"):
+        call_command("addmcpserver", "bad", "--command", "npx 'unbalanced", stdout=io.StringIO())
+    assert not McpServer.objects.filter(name="bad").exists()
+
+
+def test_addmcpserver_disables_a_server_whose_discovery_failed():
+    with pytest.raises(CommandError, match="saved DISABLED") as failed:
+        call_command("addmcpserver", "broken", "--command", "false", stdout=io.StringIO())
+
+    server = McpServer.objects.get(name="broken")
+    assert server.enabled is False
+    assert "discovery failed" in str(failed.value)
 
 
 def test_secrets_in_server_settings_are_resolved_only_when_connecting(monkeypatch):

@@ -447,3 +447,20 @@ def test_llm_errors_fail_the_step_and_5xx_is_retryable(local_http):
     assert result.status == "failed"
     assert result.retryable is True
     assert "answered 500" in result.error
+
+
+def test_a_whole_template_becomes_text_where_the_tool_asks_for_a_string(local_http):
+    # The original rendered every template as text; llm.plan's `instruction` is a string, so a
+    # number from an earlier step arrives as "25.5", while debug.echo (any type) keeps 25.5.
+    payload = {
+        "pipeline": [
+            {"id": "w", "uses": "debug.echo", "with": {"temp": 25.5}, "save_as": "weather"},
+            {"id": "keep", "uses": "debug.echo", "with": {"temp": "${steps.weather.temp}"}},
+            {"id": "ask", "uses": "llm.plan", "with": {"instruction": "${steps.weather.temp}"}},
+        ]
+    }
+    run, result = run_payload(payload)
+    assert result.status == "succeeded", result.error
+    assert result.output["steps"]["keep"] == {"temp": 25.5}
+    assert result.output["steps"]["ask"]["text"] == "PLAN: 25.5"
+    assert [step["input"] for step in run.steps][1:] == [{"temp": 25.5}, {"instruction": "25.5"}]

@@ -655,13 +655,52 @@ def test_exhausted_count_returns_nothing() -> None:
 
 
 def test_leap_day_rrule_skips_2100() -> None:
-    assert rrule("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29", utc(2096, 3, 1), n=2) == [utc(2104, 2, 29)]
+    assert rrule("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29", utc(2096, 3, 1), n=2) == [
+        utc(2104, 2, 29),
+        utc(2108, 2, 29),
+    ]
 
 
 def test_leap_day_rrule_fires_every_four_years() -> None:
     assert rrule("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29", utc(2026, 1, 1), n=2) == [
         utc(2028, 2, 29),
         utc(2032, 2, 29),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["cron", "rrule"])
+def test_the_horizon_bounds_each_wait_not_the_whole_search(kind: str) -> None:
+    # 2036 lies more than ten years after `after`, but only four after 2032.
+    expr = "0 0 29 2 *" if kind == "cron" else "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29"
+    found = in_utc(next_occurrences(kind, expr, "UTC", utc(2026, 1, 1), 3))
+    assert found == [utc(2028, 2, 29), utc(2032, 2, 29), utc(2036, 2, 29)]
+
+
+def test_many_leap_days_span_several_search_windows() -> None:
+    # Anchored at `after`, 02:00 in Chisinau (+02:00), so each firing is 00:00Z.
+    found = rrule("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29", utc(2026, 1, 1), n=30, tz=CHISINAU)
+    assert found[0] == utc(2028, 2, 29)
+    assert found[-1] == utc(2148, 2, 29)
+    assert [moment.year for moment in found] == [y for y in range(2028, 2149, 4) if y != 2100]
+
+
+def test_a_wait_longer_than_the_horizon_ends_the_search() -> None:
+    # Leap days that fall on a Monday: 2044, then 2072; 28 years apart, past the horizon.
+    expr = "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO"
+    assert rrule(expr, utc(2043, 1, 1), n=3) == [utc(2044, 2, 29)]
+    assert rrule(expr, utc(2071, 1, 1), n=1) == [utc(2072, 2, 29)]
+
+
+def test_a_rule_without_dtstart_keeps_its_interval_phase_across_windows() -> None:
+    # Anchored at 2028: every other year from 2028, so only leap years that are 2028 + 4k match;
+    # a later window anchored afresh would fall on odd years and find nothing.
+    expr = "FREQ=YEARLY;INTERVAL=2;BYMONTH=2;BYMONTHDAY=29"
+    assert [moment.year for moment in rrule(expr, utc(2028, 1, 1), n=5)] == [
+        2028,
+        2032,
+        2036,
+        2040,
+        2044,
     ]
 
 
@@ -928,7 +967,7 @@ def test_cron_day_of_month_or_day_of_week_when_both_are_restricted() -> None:
 
 def test_cron_leap_day_fires_every_four_years_and_skips_2100() -> None:
     assert cron("0 0 29 2 *", utc(2026, 1, 1), n=2) == [utc(2028, 2, 29), utc(2032, 2, 29)]
-    assert cron("0 0 29 2 *", utc(2096, 3, 1), n=1) == [utc(2104, 2, 29)]
+    assert cron("0 0 29 2 *", utc(2096, 3, 1), n=2) == [utc(2104, 2, 29), utc(2108, 2, 29)]
 
 
 def test_cron_collapses_whitespace() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 
@@ -172,6 +173,29 @@ def test_lost_group_is_recreated(inbound, publisher):
     assert result.stored == 1
     assert [g["name"] for g in client.xinfo_groups(key)] == [streams.group_name()]
     assert set(Event.objects.values_list("idempotency_key", flat=True)) == {"before", "after"}
+
+
+def test_a_fresh_install_creates_the_group_without_a_warning(inbound, caplog):
+    key, client = inbound
+    assert not client.exists(key)
+
+    with caplog.at_level("INFO", logger="tasks.delivery.streams"):
+        result = streams.consume(client, consumer="c1")
+
+    assert result.stored == 0
+    assert [g["name"] for g in client.xinfo_groups(key)] == [streams.group_name()]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("creating group" in r.getMessage() for r in caplog.records)
+
+
+def test_a_group_missing_beside_entries_is_a_warning(inbound, publisher, caplog):
+    key, client = inbound
+    client.xadd(key, entry(publisher, key="orphan"))
+
+    with caplog.at_level("INFO", logger="tasks.delivery.streams"):
+        assert streams.consume(client, consumer="c1").stored == 1
+
+    assert [r.levelname for r in caplog.records if "recreating" in r.getMessage()] == ["WARNING"]
 
 
 def test_destroyed_group_is_recreated_and_idempotency_keys_stop_duplicates(inbound, publisher):

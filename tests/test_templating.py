@@ -125,3 +125,84 @@ def test_condition_bare_and_wrapped():
 def test_invalid_condition_raises():
     with pytest.raises(ConditionError):
         check_condition("steps.weather.temp >")
+
+
+# -- a whole-string template fills the field it is in by that field's schema ---------------------
+
+STRING_FIELDS = {
+    "type": "object",
+    "properties": {
+        "text": {"type": "string"},
+        "maybe": {"type": ["string", "null"]},
+        "count": {"type": "integer"},
+        "ref": {"$ref": "#/$defs/Label"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "pair": {"type": "array", "prefixItems": [{"type": "string"}, {}]},
+    },
+    "additionalProperties": {"type": "string"},
+    "$defs": {"Label": {"type": "string"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("${steps.weather.temp}", "25"),
+        ("${steps.weather.temp > `20`}", "true"),
+        ("${steps.weather.tags}", '["sun", "wind"]'),
+        ("${steps.weather}", '{"temp": 25, "tags": ["sun", "wind"]}'),
+        ("${steps.skipped}", "null"),
+        ("${params.city}", "Chisinau"),
+    ],
+)
+def test_a_string_field_gets_the_value_as_the_original_wrote_it(template, expected):
+    assert render({"text": template}, context(), STRING_FIELDS) == {"text": expected}
+
+
+def test_the_value_keeps_its_type_where_the_schema_takes_it():
+    rendered = render(
+        {"count": "${params.limit}", "maybe": "${steps.skipped}", "free": "${steps.weather.temp}"},
+        context(),
+        {**STRING_FIELDS, "additionalProperties": {}},
+    )
+    assert rendered == {"count": 3, "maybe": None, "free": 25}
+
+
+def test_refs_items_prefix_items_and_additional_properties_are_followed():
+    rendered = render(
+        {
+            "ref": "${params.limit}",
+            "tags": ["${params.limit}", "${steps.weather.temp}"],
+            "pair": ["${params.limit}", "${params.limit}"],
+            "other": "${steps.weather.temp}",
+        },
+        context(),
+        STRING_FIELDS,
+    )
+    assert rendered == {"ref": "3", "tags": ["3", "25"], "pair": ["3", 3], "other": "25"}
+
+
+def test_without_a_schema_a_whole_template_keeps_its_type():
+    assert render({"text": "${params.limit}"}, context()) == {"text": 3}
+    assert render({"text": "${params.limit}"}, context(), {"$ref": "http://x/s.json"}) == {
+        "text": 3
+    }
+
+
+def test_an_escaped_template_in_a_rendered_value_is_left_as_it_is():
+    ctx = context(params={"note": "price $${amount}"})
+    assert render("note: ${params.note}", ctx) == "note: price $${amount}"
+    assert render("$${params.note} and ${params.note}", ctx) == (
+        "${params.note} and price $${amount}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason"),
+    [("steps.[", "incomplete expression"), ("a..b", 'Parse error at column 2, token "." (DOT)')],
+)
+def test_an_invalid_expression_error_ends_with_the_reason(expression, reason):
+    with pytest.raises(TemplateError) as caught:
+        render("${" + expression + "}", context())
+    assert str(caught.value).startswith(f"invalid expression {expression!r}: ")
+    assert str(caught.value).endswith(reason)

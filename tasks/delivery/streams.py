@@ -155,10 +155,16 @@ def consume(
     except redis.ResponseError as exc:
         if "NOGROUP" not in str(exc):
             raise
-        logger.warning(
-            "inbound stream %s had no group %s (Redis lost it?); recreating it",
-            stream_name(), group_name(),
-        )  # fmt: skip
+        if client.exists(stream_name()):
+            # Entries but no group: someone destroyed it, or Redis lost it and a producer
+            # wrote again since. Worth an operator's look; reading restarts from the start.
+            logger.warning(
+                "inbound stream %s had no group %s (Redis lost it?); recreating it",
+                stream_name(), group_name(),
+            )  # fmt: skip
+        else:
+            # No stream yet: a fresh install (or nothing was ever sent). Nothing is wrong.
+            logger.info("inbound stream %s: creating group %s", stream_name(), group_name())
         ensure_group(client)
         return _consume(client, consumer, min(count, MAX_COUNT), claim_idle_seconds)
 
