@@ -16,8 +16,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "No Python >= 3.12 found (see the message above)." >&2; exit 1; }
 	@test -x $(PY) || { echo "Creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "Installing dependencies into $(VENV) ..."
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt
 	@touch $(STAMP)
 
 .env:
@@ -26,8 +26,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 dev: $(STAMP) .env  ## set up everything and run web + scheduler + worker (Ctrl-C stops all)
 	$(PY) manage.py rundev
 
-test: $(STAMP)  ## run the whole test suite (starts its own PostgreSQL and Redis)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: $(STAMP)  ## run the whole test suite (starts its own PostgreSQL and Redis); line coverage >= 85%
+	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff check + format check
 	$(VENV)/bin/ruff check .

@@ -171,8 +171,18 @@ def test_the_quick_start_runs_as_written(block, live_stack, tmp_path):
     agent = json.loads(
         manage("createagent", f"demo-{block.line}", "--scopes", scopes, "--json").stdout
     )
+    approver = json.loads(
+        manage(
+            "createagent", f"approver-{block.line}", "--scopes", "approvals:decide", "--json"
+        ).stdout
+    )
     creds = tmp_path / "dev-credentials.json"  # as `make dev` writes it
-    creds.write_text(json.dumps({"agent_id": agent["id"], "agent_secret": agent["secret"]}))
+    creds.write_text(
+        json.dumps({
+            "agent_id": agent["id"], "agent_secret": agent["secret"],
+            "approver_id": approver["id"], "approver_secret": approver["secret"],
+        })
+    )  # fmt: skip
     env = {**os.environ, "BASE": base, "CREDS": str(creds)}
 
     done = subprocess.run(
@@ -181,12 +191,16 @@ def test_the_quick_start_runs_as_written(block, live_stack, tmp_path):
     )  # fmt: skip
 
     assert done.returncode == 0, (done.stdout, done.stderr, server_log())
-    preview, triggered, run_line = done.stdout.strip().splitlines()[-3:]
+    preview, triggered, run_line, approved, gated_line = done.stdout.strip().splitlines()[-5:]
     assert len(json.loads(preview)["occurrences"]) == 3
     assert json.loads(triggered)["success"] is True
     run = json.loads(run_line)
     assert run["status"] == "succeeded", run
     assert run["output"]["steps"]["greeting"] == "Hello, Ordinaut!"
+    assert json.loads(approved)["success"] is True, approved
+    gated = json.loads(gated_line)
+    assert gated["status"] == "succeeded", gated
+    assert gated["output"]["steps"]["send"] == {"approved_by": f"approver-{block.line}"}
 
 
 def shell_lines(text: str) -> list[str]:

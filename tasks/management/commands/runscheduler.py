@@ -1,9 +1,12 @@
+import logging
 import signal
 import threading
 
 from django.core.management.base import BaseCommand
 
 from tasks.scheduler import Scheduler
+
+logger = logging.getLogger("tasks.scheduler")
 
 
 class Command(BaseCommand):
@@ -24,4 +27,6 @@ class Command(BaseCommand):
             lookahead=options["lookahead"],
             poll_interval=options["poll_interval"],
         )
+        logger.info("%s started", scheduler.name)
         scheduler.run(stop, once=options["once"])
+        logger.info("%s stopped", scheduler.name)

@@ -7,6 +7,8 @@ from django.core.management.base import BaseCommand
 
 from tasks.worker import Worker
 
+logger = logging.getLogger("tasks.worker")
+
 
 class Command(BaseCommand):
     help = "Run a worker: lease due occurrences and execute their pipelines (safe to run N)."
@@ -38,7 +40,9 @@ class Command(BaseCommand):
             poll_interval=options["poll_interval"],
             shutdown_grace=options["shutdown_grace"],
         )
+        logger.info("%s started: %d pipeline threads", worker.name, options["concurrency"])
         worker.run(stop)
+        logger.info("%s stopped", worker.name)
         if worker.threads_still_running():
             # A tool ignored its timeout; its attempt is already requeued. Do not hang.
             logging.shutdown()
