@@ -15,7 +15,7 @@ from agents.throttles import AgentRateThrottle
 from audit.models import AuditEvent
 from audit.selectors import audit_event_list
 from ordinaut import scopes
-from ordinaut.api import PageQuerySerializer, iso, page, parse_query
+from ordinaut.api import PageQuerySerializer, PageSerializer, iso, page, parse_query
 
 
 class AuditQuerySerializer(PageQuerySerializer):
@@ -41,12 +41,8 @@ class AuditEventSerializer(serializers.Serializer):
     correlation_id = serializers.CharField()
 
 
-class AuditListSerializer(serializers.Serializer):
+class AuditListSerializer(PageSerializer):
     items = AuditEventSerializer(many=True)
-    total = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    has_more = serializers.BooleanField()
 
 
 def audit_event_data(event: AuditEvent) -> dict[str, Any]:

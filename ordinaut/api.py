@@ -85,6 +85,18 @@ class PageQuerySerializer(serializers.Serializer):
     offset = serializers.IntegerField(min_value=0, max_value=10**9, default=0)
 
 
+# The original's list envelope as `page()` builds it; each list's subclass declares `items`.
+# The docstring is the OpenAPI description every list inherits, so it speaks to API users.
+class PageSerializer(serializers.Serializer):
+    """One page of a list: `items`, the `total` that match, the `limit` and `offset` asked
+    for, and `has_more` when later pages follow."""
+
+    total = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    has_more = serializers.BooleanField()
+
+
 def parse_query(serializer_class: type[serializers.Serializer], request: Any) -> dict[str, Any]:
     """Validate query parameters with `serializer_class`; raise a 422 naming the bad ones."""
     serializer = serializer_class(data=request.query_params.dict())

@@ -10,7 +10,14 @@ from rest_framework import serializers
 
 from agents.models import Agent
 from agents.permissions import acting_agent
-from ordinaut.api import PageQuerySerializer, StrictSerializer, iso, reject_nul, validated
+from ordinaut.api import (
+    PageQuerySerializer,
+    PageSerializer,
+    StrictSerializer,
+    iso,
+    reject_nul,
+    validated,
+)
 from tasks.models import (
     ApprovalStatus,
     BackoffStrategy,
@@ -186,12 +193,8 @@ def task_data(task: Task) -> dict[str, Any]:
     }
 
 
-class TaskListSerializer(serializers.Serializer):
+class TaskListSerializer(PageSerializer):
     items = TaskSerializer(many=True)
-    total = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    has_more = serializers.BooleanField()
 
 
 class TaskListQuerySerializer(PageQuerySerializer):
@@ -273,12 +276,8 @@ def run_data(run: Run, *, include_error: bool = True, include_steps: bool = Fals
     return data
 
 
-class RunListSerializer(serializers.Serializer):
+class RunListSerializer(PageSerializer):
     items = RunSerializer(many=True)
-    total = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    has_more = serializers.BooleanField()
 
 
 class LedgerEntrySerializer(serializers.Serializer):
@@ -293,12 +292,8 @@ class LedgerEntrySerializer(serializers.Serializer):
     recorded_at = serializers.DateTimeField()
 
 
-class LedgerListSerializer(serializers.Serializer):
+class LedgerListSerializer(PageSerializer):
     items = LedgerEntrySerializer(many=True)
-    total = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    has_more = serializers.BooleanField()
 
 
 def ledger_entry_data(entry: SkippedOccurrence) -> dict[str, Any]:
@@ -435,12 +430,8 @@ class ApprovalSerializer(serializers.Serializer):
     decided_at = serializers.DateTimeField(allow_null=True)
 
 
-class ApprovalListSerializer(serializers.Serializer):
+class ApprovalListSerializer(PageSerializer):
     items = ApprovalSerializer(many=True)
-    total = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    has_more = serializers.BooleanField()
 
 
 def approval_data(approval: Any) -> dict[str, Any]:
