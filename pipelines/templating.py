@@ -70,10 +70,12 @@ def render(value: Any, context: TemplateContext, schema: Any = None) -> Any:
     where a whole-string template's value becomes text (see the module docstring). Raises
     TemplateError naming the first expression that fails. `value` is not modified.
     """
-    return _render(value, context, _Schemas(schema if isinstance(schema, dict) else {}))
+    root = schema if isinstance(schema, dict) else {}
+    return _render(value, context, _Schemas(root), root)
 
 
-def _render(value: Any, context: TemplateContext, schemas: _Schemas, at: Any = None) -> Any:
+def _render(value: Any, context: TemplateContext, schemas: _Schemas, at: Any) -> Any:
+    """Render `value`, whose schema is `at` (None where no schema is known)."""
     if isinstance(value, dict):
         return {
             key: _render(item, context, schemas, schemas.member(at, key))
@@ -212,7 +214,7 @@ def _render_string(text: str, context: TemplateContext) -> Any:
 
 
 # JSON Schema type names of the values a template yields.
-_JSON_TYPES: tuple[tuple[type | tuple[type, ...], tuple[str, ...]], ...] = (
+_JSON_TYPES: tuple[tuple[type, tuple[str, ...]], ...] = (
     (bool, ("boolean",)),
     (int, ("integer", "number")),
     (float, ("number",)),
@@ -240,7 +242,7 @@ class _Schemas:
         return None
 
     def member(self, at: Any, key: str) -> Any:
-        schema = self.resolve(self.root if at is None else at)
+        schema = self.resolve(at)
         if schema is None:
             return None
         properties = schema.get("properties")
@@ -250,7 +252,7 @@ class _Schemas:
         return extra if isinstance(extra, dict) else None
 
     def item(self, at: Any, index: int) -> Any:
-        schema = self.resolve(self.root if at is None else at)
+        schema = self.resolve(at)
         if schema is None:
             return None
         prefix = schema.get("prefixItems")
@@ -278,7 +280,7 @@ class _Schemas:
         if not ref.startswith("#"):
             return None  # a remote schema: not followed, so no conversion is guessed
         current: Any = self.root
-        for part in ref[1:].split("/")[1:] if ref != "#" else []:
+        for part in ref[1:].split("/")[1:]:  # "#" alone is the root
             part = part.replace("~1", "/").replace("~0", "~")
             if not isinstance(current, dict) or part not in current:
                 return None

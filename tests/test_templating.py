@@ -182,6 +182,14 @@ def test_refs_items_prefix_items_and_additional_properties_are_followed():
     assert rendered == {"ref": "3", "tags": ["3", "25"], "pair": ["3", 3], "other": "25"}
 
 
+def test_below_a_field_the_schema_does_not_describe_nothing_is_converted():
+    # `free` is not in STRING_FIELDS' properties: its own members must not be matched
+    # against the root's `text`.
+    schema = {**STRING_FIELDS, "additionalProperties": False}
+    rendered = render({"free": {"text": "${params.limit}"}}, context(), schema)
+    assert rendered == {"free": {"text": 3}}
+
+
 def test_without_a_schema_a_whole_template_keeps_its_type():
     assert render({"text": "${params.limit}"}, context()) == {"text": 3}
     assert render({"text": "${params.limit}"}, context(), {"$ref": "http://x/s.json"}) == {
