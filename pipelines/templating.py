@@ -267,14 +267,33 @@ class _Schemas:
 
     def wants_text(self, at: Any, value: Any) -> bool:
         """True when the schema at `at` takes a string but not `value` as it is."""
-        schema = self.resolve(at)
-        if schema is None:
-            return False
-        declared = schema.get("type")
-        types = {declared} if isinstance(declared, str) else set(declared or ())
-        if "string" not in types:
+        types = self._types(at, depth=0)
+        if types is None or "string" not in types:
             return False
         return not types.intersection(_json_types(value))
+
+    def _types(self, at: Any, depth: int) -> set[str] | None:
+        """The JSON types the schema at `at` admits; None when it does not limit them.
+
+        `anyOf`/`oneOf` admit the union of their branches: pydantic writes an optional string
+        as `anyOf: [{type: string}, {type: null}]`, which MCP servers publish as is.
+        """
+        schema = self.resolve(at)
+        if schema is None or depth > _MAX_REF_HOPS:
+            return None
+        declared = schema.get("type")
+        if declared is not None:
+            return {declared} if isinstance(declared, str) else set(declared)
+        branches = schema.get("anyOf") or schema.get("oneOf")
+        if not isinstance(branches, list) or not branches:
+            return None
+        union: set[str] = set()
+        for branch in branches:
+            types = self._types(branch, depth + 1)
+            if types is None:
+                return None  # one branch takes anything, so the value fits as it is
+            union |= types
+        return union
 
     def _pointer(self, ref: str) -> Any:
         if not ref.startswith("#"):

@@ -182,6 +182,15 @@ def test_refs_items_prefix_items_and_additional_properties_are_followed():
     assert rendered == {"ref": "3", "tags": ["3", "25"], "pair": ["3", 3], "other": "25"}
 
 
+def test_an_optional_string_written_as_any_of_is_a_string_field():
+    # What pydantic (and so most Python MCP servers) publishes for `str | None`.
+    optional = {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None}
+    schema = {"properties": {"note": optional, "any": {"anyOf": [{"type": "string"}, {}]}}}
+    rendered = render({"note": "${params.limit}", "any": "${params.limit}"}, context(), schema)
+    assert rendered == {"note": "3", "any": 3}
+    assert render({"note": "${steps.skipped}"}, context(), schema) == {"note": None}
+
+
 def test_below_a_field_the_schema_does_not_describe_nothing_is_converted():
     # `free` is not in STRING_FIELDS' properties: its own members must not be matched
     # against the root's `text`.
