@@ -144,3 +144,15 @@ def test_original_quick_start_payload_is_valid():
         ],
     }
     assert validate_payload(payload) is payload
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("expires", [10**13, 30 * 86400 + 1])
+def test_an_approval_cannot_wait_longer_than_thirty_days(expires):
+    step = {"id": "ask", "uses": "approval.request",
+            "with": {"prompt": "ok?", "expires_in_seconds": expires}}  # fmt: skip
+    assert problems({"pipeline": [step]}) == {
+        "payload.pipeline[0].with.expires_in_seconds": [
+            f"{expires} is greater than the maximum of {30 * 86400}"
+        ]
+    }

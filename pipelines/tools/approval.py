@@ -28,6 +28,9 @@ from typing import Any
 from pipelines.tools.base import ToolContext, ToolError, ToolSpec, ToolWaiting
 
 DECISIONS = ("approved", "rejected", "expired")
+# The longest an approval may wait. Bounded so that the expiry stays a real instant: a huge
+# value (10**13 s) overflowed PostgreSQL when the run parked, and the batch was retried forever.
+MAX_EXPIRES_SECONDS = 30 * 86400
 
 
 def request(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any] | ToolWaiting:
@@ -80,7 +83,11 @@ TOOLS = [
                 "context": {},
                 "data": {},
                 "approvers": {"type": "array", "items": {"type": "string"}},
-                "expires_in_seconds": {"type": "integer", "minimum": 60},
+                "expires_in_seconds": {
+                    "type": "integer",
+                    "minimum": 60,
+                    "maximum": MAX_EXPIRES_SECONDS,
+                },
             },
         },
         output_schema={"type": "object", "required": ["status"]},
