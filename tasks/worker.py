@@ -8,7 +8,9 @@ the fallback and the timer for future run_at values.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -22,7 +24,7 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connection
 from django.utils import timezone
 
 from ordinaut.correlation import reset_correlation_id, set_correlation_id
@@ -34,6 +36,12 @@ from tasks.channels import WORKER_CHANNEL
 from tasks.models import Event, Run, RunStatus, Task, WorkerHeartbeat, run_status_for
 
 logger = logging.getLogger("ordinaut.worker")
+# What a bad outcome (not a database that is down) raises while its batch is recorded.
+# The queue runs on psycopg cursors, so psycopg's own classes come with Django's.
+_UNRECORDABLE = (
+    DataError, IntegrityError, psycopg.DataError, psycopg.IntegrityError,
+    ValueError, TypeError, OverflowError,
+)  # fmt: skip
 run_logger = logging.getLogger("ordinaut.runs")
 
 # Heartbeats (lease extension) run every lease / HEARTBEATS_PER_LEASE seconds.
@@ -282,7 +290,7 @@ class Worker:
         self._unrecorded = outcomes
         if not outcomes:
             return 0
-        counts = occurrence_queue.finish(self.name, outcomes)
+        counts = self._finish(outcomes)
         self._unrecorded = []
         for outcome in outcomes:
             self._in_flight.pop(outcome.claimed.occurrence_id, None)
@@ -291,6 +299,39 @@ class Worker:
         self._processed += len(outcomes)
         logger.debug("recorded %s", counts)
         return len(outcomes)
+
+    def _finish(self, outcomes: list[occurrence_queue.Outcome]) -> dict[str, int]:
+        """Record a batch; one outcome that cannot be recorded must not hold up the rest.
+
+        A database that is down raises on as before (the batch is kept and retried). An
+        outcome the database refuses, or that cannot even be encoded (a value PostgreSQL
+        cannot store, a number out of range), is found by recording the batch one by one and
+        becomes a failed attempt carrying the error: retried, then dead-lettered as usual.
+        """
+        try:
+            return occurrence_queue.finish(self.name, outcomes)
+        except _UNRECORDABLE as exc:
+            if len(outcomes) > 1:
+                counts: collections.Counter[str] = collections.Counter()
+                for outcome in outcomes:
+                    counts.update(self._finish([outcome]))
+                return dict(counts)
+            (outcome,) = outcomes
+            logger.exception(
+                "run %s: its outcome could not be recorded; recording it as failed",
+                outcome.claimed.run_id,
+            )
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            failed = dataclasses.replace(
+                outcome,
+                status=RunStatus.FAILED,
+                output=None,
+                error=f"the attempt's outcome could not be recorded: {reason}"[:2000],
+                steps=None,
+                park=None,
+                retryable=True,
+            )
+            return occurrence_queue.finish(self.name, [failed])
 
     def _timed_out(self) -> list[occurrence_queue.Outcome]:
         """Runs past their deadline (plus a grace for the executor to notice) end now.
