@@ -36,13 +36,14 @@ from tasks.channels import WORKER_CHANNEL
 from tasks.models import Event, Run, RunStatus, Task, WorkerHeartbeat, run_status_for
 
 logger = logging.getLogger("ordinaut.worker")
+run_logger = logging.getLogger("ordinaut.runs")
+
 # What a bad outcome (not a database that is down) raises while its batch is recorded.
 # The queue runs on psycopg cursors, so psycopg's own classes come with Django's.
 _UNRECORDABLE = (
     DataError, IntegrityError, psycopg.DataError, psycopg.IntegrityError,
     ValueError, TypeError, OverflowError,
 )  # fmt: skip
-run_logger = logging.getLogger("ordinaut.runs")
 
 # Heartbeats (lease extension) run every lease / HEARTBEATS_PER_LEASE seconds.
 HEARTBEATS_PER_LEASE = 3

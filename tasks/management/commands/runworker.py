@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand
 
 from tasks.worker import Worker
 
-logger = logging.getLogger("tasks.worker")
+logger = logging.getLogger("ordinaut.worker")  # the worker module's own logger
 
 
 class Command(BaseCommand):
