@@ -31,10 +31,13 @@ from tasks.models import (
     TaskStatus,
     Trigger,
 )
+from tasks.validation import (
+    MAX_DEDUPE_WINDOW_SECONDS,
+    MAX_RETRIES,
+    MAX_SNOOZE_SECONDS,
+    MAX_TIMEOUT_SECONDS,
+)
 
-# PostgreSQL `integer` columns: larger values must be a 422, not a database error.
-INT32_MAX = 2**31 - 1
-MAX_SNOOZE_SECONDS = 7 * 24 * 3600
 HIDDEN_ERROR = "[Error details hidden - use include_errors=true]"
 
 
@@ -74,8 +77,10 @@ class TaskCreateSerializer(StrictSerializer):
         min_value=1, max_value=9, default=5, help_text="1..9; 9 is the most urgent."
     )
     dedupe_key = serializers.CharField(max_length=100, required=False, allow_null=True)
-    dedupe_window_seconds = serializers.IntegerField(min_value=0, max_value=INT32_MAX, default=0)
-    max_retries = serializers.IntegerField(min_value=0, max_value=100, required=False)
+    dedupe_window_seconds = serializers.IntegerField(
+        min_value=0, max_value=MAX_DEDUPE_WINDOW_SECONDS, default=0
+    )
+    max_retries = serializers.IntegerField(min_value=0, max_value=MAX_RETRIES, required=False)
     backoff_strategy = serializers.ChoiceField(
         choices=BackoffStrategy.choices, default=BackoffStrategy.EXPONENTIAL_JITTER
     )
@@ -84,7 +89,7 @@ class TaskCreateSerializer(StrictSerializer):
         choices=MisfirePolicy.choices, default=MisfirePolicy.COALESCE
     )
     timeout_seconds = serializers.IntegerField(
-        min_value=1, max_value=INT32_MAX, required=False, allow_null=True
+        min_value=1, max_value=MAX_TIMEOUT_SECONDS, required=False, allow_null=True
     )
     created_by = serializers.UUIDField(
         required=False,
@@ -106,14 +111,14 @@ class TaskUpdateSerializer(StrictSerializer):
     status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     dedupe_key = serializers.CharField(max_length=100, required=False, allow_null=True)
     dedupe_window_seconds = serializers.IntegerField(
-        min_value=0, max_value=INT32_MAX, required=False
+        min_value=0, max_value=MAX_DEDUPE_WINDOW_SECONDS, required=False
     )
-    max_retries = serializers.IntegerField(min_value=0, max_value=100, required=False)
+    max_retries = serializers.IntegerField(min_value=0, max_value=MAX_RETRIES, required=False)
     backoff_strategy = serializers.ChoiceField(choices=BackoffStrategy.choices, required=False)
     concurrency_key = serializers.CharField(max_length=100, required=False, allow_null=True)
     misfire_policy = serializers.ChoiceField(choices=MisfirePolicy.choices, required=False)
     timeout_seconds = serializers.IntegerField(
-        min_value=1, max_value=INT32_MAX, required=False, allow_null=True
+        min_value=1, max_value=MAX_TIMEOUT_SECONDS, required=False, allow_null=True
     )
 
 

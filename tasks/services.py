@@ -41,6 +41,10 @@ from tasks.models import (
 )
 from tasks.selectors import queued_occurrence_count
 from tasks.validation import (
+    MAX_DEDUPE_WINDOW_SECONDS,
+    MAX_RETRIES,
+    MAX_SNOOZE_SECONDS,
+    MAX_TIMEOUT_SECONDS,
     SCHEDULE_FIELDS,
     choice_field,
     int_field,
@@ -163,15 +167,19 @@ def task_create(
         payload=validate_payload(payload, scopes=created_by.scopes),
         priority=int_field("priority", priority, 1, 9),
         dedupe_key=text_field("dedupe_key", dedupe_key, max_length=100, required=False),
-        dedupe_window_seconds=int_field("dedupe_window_seconds", dedupe_window_seconds, 0),
-        max_retries=int_field("max_retries", retries, 0, 100),
+        dedupe_window_seconds=int_field(
+            "dedupe_window_seconds", dedupe_window_seconds, 0, MAX_DEDUPE_WINDOW_SECONDS
+        ),
+        max_retries=int_field("max_retries", retries, 0, MAX_RETRIES),
         backoff_strategy=choice_field("backoff_strategy", backoff_strategy, BackoffStrategy.values),
         concurrency_key=text_field(
             "concurrency_key", concurrency_key, max_length=100, required=False
         ),
         misfire_policy=choice_field("misfire_policy", misfire_policy, MisfirePolicy.values),
         timeout_seconds=(
-            None if timeout_seconds is None else int_field("timeout_seconds", timeout_seconds, 1)
+            None
+            if timeout_seconds is None
+            else int_field("timeout_seconds", timeout_seconds, 1, MAX_TIMEOUT_SECONDS)
         ),
         created_at=now,
     )
@@ -405,7 +413,7 @@ def task_snooze(
     fold into one occurrence at now + delay (the first of them; the others are ledgered as
     snoozed); the schedule then continues after the delay.
     """
-    int_field("delay_seconds", delay_seconds, 1, 7 * 24 * 3600)
+    int_field("delay_seconds", delay_seconds, 1, MAX_SNOOZE_SECONDS)
     text_field("reason", reason, max_length=200, required=False)
     now = now or timezone.now()
     until = now + timedelta(seconds=delay_seconds)

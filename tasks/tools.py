@@ -14,6 +14,7 @@ from audit.services import Actor
 from ordinaut.errors import OrdinautError
 from pipelines.tools.base import ToolContext, ToolError, ToolSpec
 from tasks.services import task_create_deduplicated
+from tasks.validation import MAX_DEDUPE_WINDOW_SECONDS, MAX_RETRIES, MAX_TIMEOUT_SECONDS
 
 # A retried attempt must not create the follow-up twice: without the caller's own
 # dedupe_key, the task is deduplicated on (occurrence, step) for this long.
@@ -72,11 +73,19 @@ TOOLS = [
                 "timezone": {"type": "string"},
                 "payload": {"type": "object"},
                 "dedupe_key": {"type": "string", "maxLength": 100},
-                "dedupe_window_seconds": {"type": "integer", "minimum": 0},
+                "dedupe_window_seconds": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": MAX_DEDUPE_WINDOW_SECONDS,
+                },
                 "description": {"type": "string"},
                 "priority": {"type": "integer", "minimum": 1, "maximum": 9},
-                "max_retries": {"type": "integer", "minimum": 0},
-                "timeout_seconds": {"type": "integer", "minimum": 1},
+                "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
+                "timeout_seconds": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_TIMEOUT_SECONDS,
+                },
                 "concurrency_key": {"type": "string"},
                 "misfire_policy": {"type": "string"},
                 "backoff_strategy": {"type": "string"},

@@ -19,6 +19,14 @@ from tasks.models import BackoffStrategy, MisfirePolicy, ScheduleKind, Task, Tas
 # Fields whose change means the schedule is evaluated afresh.
 SCHEDULE_FIELDS = {"schedule_kind", "schedule_expr", "timezone"}
 
+# Upper bounds of the numeric task fields. Each value reaches a timedelta, a float or a
+# SQL interval in the worker or scheduler, so an unbounded one could crash them there;
+# beyond these a create or update is a 422 naming the field.
+MAX_RETRIES = 20
+MAX_TIMEOUT_SECONDS = 24 * 3600
+MAX_DEDUPE_WINDOW_SECONDS = 30 * 24 * 3600
+MAX_SNOOZE_SECONDS = 7 * 24 * 3600
+
 
 def choice_field(field: str, value: Any, choices: Iterable[str]) -> str:
     """`value` when it is one of `choices`; raise InvalidInput listing them otherwise."""
@@ -97,12 +105,12 @@ def revalidate_changes(task: Task, changes: dict[str, Any], now: datetime) -> No
     if "status" in changes:
         choice_field("status", task.status, TaskStatus.values)
     if "max_retries" in changes:
-        int_field("max_retries", task.max_retries, 0, 100)
+        int_field("max_retries", task.max_retries, 0, MAX_RETRIES)
     if "dedupe_window_seconds" in changes:
-        int_field("dedupe_window_seconds", task.dedupe_window_seconds, 0)
+        int_field("dedupe_window_seconds", task.dedupe_window_seconds, 0, MAX_DEDUPE_WINDOW_SECONDS)
     if "backoff_strategy" in changes:
         choice_field("backoff_strategy", task.backoff_strategy, BackoffStrategy.values)
     if "misfire_policy" in changes:
         choice_field("misfire_policy", task.misfire_policy, MisfirePolicy.values)
     if changes.get("timeout_seconds") is not None:
-        int_field("timeout_seconds", task.timeout_seconds, 1)
+        int_field("timeout_seconds", task.timeout_seconds, 1, MAX_TIMEOUT_SECONDS)

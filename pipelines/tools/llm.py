@@ -128,10 +128,13 @@ def _answer(
     return result
 
 
+# A bound on what a step may ask for; larger numbers only reach the endpoint to be refused.
+MAX_TOKENS = 1_000_000
+
 _COMMON = {
     "model": {"type": "string"},
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-    "max_tokens": {"type": "integer", "minimum": 1},
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_TOKENS},
     "json_schema": {"type": "object", "description": "Ask for JSON matching this schema."},
 }
 
