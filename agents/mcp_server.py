@@ -28,7 +28,7 @@ from rest_framework import serializers
 
 from agents.authentication import Grant, authenticate_token
 from agents.models import Agent
-from agents.permissions import require_scope
+from agents.permissions import require_publisher, require_scope
 from audit.services import Actor
 from ordinaut import scopes
 from ordinaut.api import PageQuerySerializer, page, validated
@@ -118,7 +118,7 @@ def _as_tool_error(exc: Exception) -> ToolError:
     raise exc
 
 
-def _call(raw_token: str, required: str, work: Callable[[Caller], Any]) -> Any:
+def _call(raw_token: str, required: str | None, work: Callable[[Caller], Any]) -> Any:
     """Authenticate, authorize and run `work` in one sync (ORM) context."""
     if not connection.in_atomic_block:
         # A long-lived server must drop connections PostgreSQL closed (Django does this per
@@ -135,7 +135,7 @@ def _call(raw_token: str, required: str, work: Callable[[Caller], Any]) -> Any:
         reset_correlation_id(token)
 
 
-async def _run(ctx: Context, required: str, work: Callable[[Caller], Any]) -> Any:
+async def _run(ctx: Context, required: str | None, work: Callable[[Caller], Any]) -> Any:
     """A tool's body: `work` runs in the ORM thread once the caller holds `required`."""
     try:
         raw = _bearer(ctx)
@@ -441,20 +441,23 @@ async def publish_event(
 
     Returns {created, event_id, topic, triggered_tasks, published_at}; the same
     idempotency_key again returns the first event with created=false. Needs
-    events:publish.
+    events:publish, or events:publish:<glob> matching the topic; triggered_tasks counts
+    only the caller's own tasks.
     """
 
     def work(caller: Caller) -> dict[str, Any]:
+        require_publisher(caller.agent, caller.grant.scopes)
         event, created = events.event_publish(
             topic=topic,
             payload={} if payload is None else payload,
             idempotency_key=idempotency_key,
             source=caller.agent,
             actor=caller.actor,
+            granted=caller.grant.scopes,
         )
         return {"created": created, **event_published_data(event)}
 
-    return await _run(ctx, scopes.EVENTS_PUBLISH, work)
+    return await _run(ctx, None, work)
 
 
 async def decide_approval(

@@ -33,10 +33,19 @@ def required_scope_for(view: Any, method: str) -> str | None:
     return declared
 
 
-def require_scope(agent: Agent, granted: Iterable[str], required: str) -> None:
+def require_scope(agent: Agent, granted: Iterable[str], required: str | None) -> None:
     """Raise Forbidden, naming the agent and the scope, unless `granted` covers `required`."""
     if not scopes.grants(granted, required):
         raise Forbidden(f"Agent '{agent.name}' lacks required scope: {required}")
+
+
+def require_publisher(agent: Agent, granted: Iterable[str]) -> None:
+    """Raise Forbidden unless `granted` may publish some topic (which ones: tasks.events)."""
+    if not scopes.may_publish_any(granted):
+        raise Forbidden(
+            f"Agent '{agent.name}' lacks required scope: {scopes.EVENTS_PUBLISH} "
+            f"(or {scopes.EVENTS_PUBLISH_PREFIX}<glob>)"
+        )
 
 
 class HasScope(permissions.BasePermission):

@@ -18,6 +18,7 @@ from agents.models import SCOPE_PATTERN, Agent, Credential, CredentialKind, Revo
 from audit import record
 from audit.services import Actor
 from ordinaut.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from ordinaut.scopes import GLOB_PREFIXES
 
 _SCOPE_RE = re.compile(SCOPE_PATTERN)
 
@@ -26,6 +27,9 @@ def clean_scopes(scopes: Iterable[str]) -> list[str]:
     """Strip, de-duplicate (keeping order) and validate scope names; raise InvalidInput."""
     cleaned: list[str] = []
     for raw in scopes:
+        if not isinstance(raw, str):
+            reason = f"scope {raw!r} is not a string"
+            raise InvalidInput(f"scopes: {reason}", details={"scopes": [reason]})
         scope = raw.strip()
         if not scope:
             continue
@@ -34,6 +38,9 @@ def clean_scopes(scopes: Iterable[str]) -> list[str]:
                 f"invalid scope {scope!r}: use lowercase letters, digits and . _ : * -",
                 details={"scopes": [f"invalid scope {scope!r}"]},
             )
+        if scope in GLOB_PREFIXES:
+            reason = f"scope {scope!r} needs a topic glob after the colon, e.g. {scope}orders.*"
+            raise InvalidInput(f"scopes: {reason}", details={"scopes": [reason]})
         if scope not in cleaned:
             cleaned.append(scope)
     return cleaned

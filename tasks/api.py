@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents.permissions import HasScope, acting_agent, is_admin
+from agents.permissions import HasScope, acting_agent, is_admin, require_publisher
 from agents.throttles import AgentRateThrottle
 from audit.services import Actor
 from ordinaut import scopes
@@ -483,7 +483,8 @@ class RunStatsSummaryApi(_RunReadApi):
 
 class EventPublishApi(APIView):
     permission_classes = [HasScope]
-    required_scope = scopes.EVENTS_PUBLISH
+    # events:publish, or events:publish:<glob> for matching topics: checked in post().
+    required_scope = None
     throttle_classes = [AgentRateThrottle]
     throttle_scope = "events"
 
@@ -510,6 +511,7 @@ class EventPublishApi(APIView):
         ),
     )
     def post(self, request: Request) -> Response:
+        require_publisher(request.user, request.auth.scopes)
         data = parse_body(EventPublishSerializer, request)
         source = acting_agent(
             request.user,
@@ -523,6 +525,7 @@ class EventPublishApi(APIView):
             idempotency_key=data.get("idempotency_key"),
             source=source,
             actor=Actor.agent(request.user),
+            granted=request.auth.scopes,
         )
         message = "Event published successfully" if created else "Event already published"
         code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK

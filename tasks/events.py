@@ -6,6 +6,12 @@ Published topics are literal: 1..100 letters, digits and `._:-`, no globs.
 
 `validate_event`, `event_document` and `triggers` are pure; `event_publish` stores the event
 and has `tasks.queue` enqueue the triggered occurrences, in one transaction.
+
+Who may reach whom (ordinaut/scopes.py has the scope rules): publishing needs
+`events:publish` or an `events:publish:<glob>` matching the topic. An event triggers a task
+only when the task's agent is the publisher, or holds an `events:subscribe:<glob>` matching
+the topic, or `admin`; otherwise one agent's events would start, and feed their payloads
+into, every other agent's tasks. The publisher learns only how many of its own tasks fired.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
@@ -26,7 +33,8 @@ from audit import record
 from audit.services import Actor
 from ordinaut.correlation import get_correlation_id
 from ordinaut.database import advisory_xact_lock
-from ordinaut.errors import InvalidInput
+from ordinaut.errors import Forbidden, InvalidInput
+from ordinaut.scopes import may_publish, may_receive
 from pipelines.conditions import ConditionError, evaluate_condition
 from tasks import queue as occurrence_queue
 from tasks.delivery.outbox import outbox_add
@@ -83,15 +91,43 @@ def triggers(kind: str, expr: str | None, document: dict[str, Any]) -> bool:
     return False
 
 
+def require_publish(granted: Iterable[str], topic: str) -> None:
+    """Raise Forbidden naming the topic unless `granted` may publish it."""
+    if not may_publish(granted, topic):
+        reason = (
+            f"may not publish topic {topic!r}: needs events:publish or a matching "
+            "events:publish:<glob>"
+        )
+        raise Forbidden(f"topic: {reason}", details={"topic": [reason]})
+
+
+def receives(agent_id: Any, agent_scopes: Iterable[str], publisher_id: Any, topic: str) -> bool:
+    """True when a task of `agent_id` may be triggered by `publisher_id`'s event on `topic`."""
+    if publisher_id is not None and str(agent_id) == str(publisher_id):
+        return True
+    return may_receive(agent_scopes, topic)
+
+
 def triggered_tasks(document: dict[str, Any]) -> list[occurrence_queue.EventTarget]:
-    """Active event and condition tasks that fire for `document` (a read)."""
+    """Active event and condition tasks of active agents that fire for `document` and may
+    receive it (a read)."""
     candidates = Task.objects.filter(
-        status=TaskStatus.ACTIVE, schedule_kind__in=[ScheduleKind.EVENT, ScheduleKind.CONDITION]
-    ).values_list("id", "schedule_kind", "schedule_expr", "priority", "concurrency_key")
+        status=TaskStatus.ACTIVE,
+        schedule_kind__in=[ScheduleKind.EVENT, ScheduleKind.CONDITION],
+        created_by__is_active=True,
+    ).values_list(
+        "id", "schedule_kind", "schedule_expr", "priority", "concurrency_key",
+        "created_by_id", "created_by__scopes",
+    )  # fmt: skip
+    publisher, topic = document["source_agent_id"], document["topic"]
     return [
-        occurrence_queue.EventTarget(task_id=str(task_id), priority=priority, concurrency_key=key)
-        for task_id, kind, expr, priority, key in candidates.iterator(chunk_size=2000)
-        if triggers(kind, expr, document)
+        occurrence_queue.EventTarget(
+            task_id=str(task_id), priority=priority, concurrency_key=key, agent_id=str(agent_id)
+        )
+        for task_id, kind, expr, priority, key, agent_id, agent_scopes in candidates.iterator(
+            chunk_size=2000
+        )
+        if receives(agent_id, agent_scopes, publisher, topic) and triggers(kind, expr, document)
     ]
 
 
@@ -110,17 +146,21 @@ def event_publish(
     topic: str,
     payload: dict,
     actor: Actor,
+    granted: Iterable[str],
     source: Agent | None = None,
     idempotency_key: str | None = None,
     now: datetime | None = None,
 ) -> tuple[Event, bool]:
-    """Store an event and enqueue an occurrence of every active task it triggers.
+    """Store an event and enqueue an occurrence of every active task it may trigger.
 
-    Returns (event, created). With an idempotency key already used by the same source, the
-    first event is returned with created=False and nothing is written. Raises InvalidInput
-    (nothing written) for a malformed topic, a non-object or oversized payload.
+    `granted` are the publishing credential's scopes. Returns (event, created). With an
+    idempotency key already used by the same source, the first event is returned with
+    created=False and nothing is written. Raises InvalidInput (nothing written) for a
+    malformed topic, a non-object or oversized payload; Forbidden for a topic `granted`
+    may not publish.
     """
     validate_event(topic, payload, idempotency_key)
+    require_publish(granted, topic)
     with transaction.atomic():
         if idempotency_key is not None:
             existing = _first_with_key(source, idempotency_key)
@@ -134,13 +174,17 @@ def event_publish(
             published_at=now or timezone.now(),
         )
         document = event_document(topic, payload, source.pk if source else None)
+        targets = triggered_tasks(document)
         event.triggered_tasks = occurrence_queue.enqueue_for_event(
             event_id=event.id,
             at=event.published_at,
-            targets=triggered_tasks(document),
+            targets=targets,
             correlation_id=get_correlation_id() or "",
         )
-        event.save(update_fields=["triggered_tasks"])
+        event.publisher_triggered_tasks = sum(
+            source is not None and target.agent_id == str(source.pk) for target in targets
+        )
+        event.save(update_fields=["triggered_tasks", "publisher_triggered_tasks"])
         outbox_add(type="event.published", data={"event_id": str(event.id), "topic": topic})
         record(
             actor=actor,

@@ -437,8 +437,11 @@ class Event(models.Model):
     )
     # A retry with the same key (per source agent) gets the first event's response.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
-    # How many tasks it enqueued, kept so that a repeated request answers the same.
+    # How many tasks it enqueued, and how many of them are the publisher's own: the API
+    # discloses only the latter (other agents' tasks are theirs); kept so that a repeated
+    # request answers the same.
     triggered_tasks = models.IntegerField(default=0)
+    publisher_triggered_tasks = models.IntegerField(default=0)
     published_at = models.DateTimeField(default=now, db_index=True)
 
     class Meta:

@@ -74,6 +74,7 @@ class EventTarget:
     task_id: str
     priority: int
     concurrency_key: str | None
+    agent_id: str
 
 
 # One event's occurrences in one statement. (task, scheduled_for) is unique and

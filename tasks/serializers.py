@@ -403,7 +403,8 @@ def event_published_data(event: Any) -> dict[str, Any]:
     return {
         "event_id": str(event.id),
         "topic": event.topic,
-        "triggered_tasks": event.triggered_tasks,
+        # Only the publisher's own: whether another agent's tasks fired is theirs to know.
+        "triggered_tasks": event.publisher_triggered_tasks,
         "published_at": iso(event.published_at),
     }
 

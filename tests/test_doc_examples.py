@@ -6,7 +6,8 @@ and worker; `redis` commands are sent to the session's Redis; `event-request` is
 body; `payload` a pipeline validated against registered tools; `make` lines are make targets;
 `webhook-request` and `webhook-verify` are checked against a real signed delivery;
 `error-envelope` against a real 422; `addmcpserver` lines are parsed by the command;
-`templates` cases are rendered by our templating; `output` blocks are shapes of an answer and
+`templates` cases are rendered by our templating; `coordination` is a shell session of
+three agents against a live web server and worker; `output` blocks are shapes of an answer and
 must at least be valid JSON. A block without a known KIND fails
 `test_every_example_says_how_it_runs`.
 """
@@ -37,7 +38,7 @@ from pipelines.validation import validate_payload
 from tasks import services
 from tasks.delivery import outbox, streams
 from tasks.delivery.webhooks import deliver_webhooks
-from tasks.models import Event, Occurrence
+from tasks.models import Event, Occurrence, Run
 from tests.api_support import (  # noqa: F401 (fixtures)
     agent_with_key,
     api_fixture,
@@ -85,6 +86,7 @@ BLOCKS = [block for path in DOCS for block in fenced_blocks(path)]
 KINDS = {
     "quickstart", "redis", "event-request", "payload", "make", "webhook-request",
     "webhook-verify", "error-envelope", "addmcpserver", "output", "auth", "templates",
+    "coordination",
 }  # fmt: skip
 
 
@@ -201,6 +203,52 @@ def test_the_quick_start_runs_as_written(block, live_stack, tmp_path):
     gated = json.loads(gated_line)
     assert gated["status"] == "succeeded", gated
     assert gated["output"]["steps"]["send"] == {"approved_by": f"approver-{block.line}"}
+
+
+def _token(base: str, agent: dict) -> str:
+    status, body = curl(
+        f"curl -X POST {base}/agents/auth/token -H 'Content-Type: application/json' "
+        f"-d '{json.dumps({'agent_id': agent['id'], 'agent_secret': agent['secret']})}'"
+    )
+    assert status == 200, body
+    return body["access_token"]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@by_kind("coordination")
+def test_two_agents_coordinate_as_the_events_page_shows(block, live_stack, tmp_path):
+    base, server_log, manage = live_stack
+    made = {
+        name: json.loads(
+            manage("createagent", f"{name}-{block.line}", "--scopes", scopes, "--json").stdout
+        )
+        for name, scopes in {
+            "billing": "tasks:read,tasks:write,runs:read,events:publish",
+            "shipping": "tasks:read,tasks:write,runs:read",
+            "admin": "admin",
+        }.items()
+    }
+    env = {
+        **os.environ, "BASE": base, "SHIPPING_ID": made["shipping"]["id"],
+        **{name.upper(): _token(base, agent) for name, agent in made.items()},
+    }  # fmt: skip
+
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block.text],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert done.returncode == 0, (done.stdout, done.stderr, server_log())
+    before, after, run_line = done.stdout.strip().splitlines()[-3:]
+    assert json.loads(before)["details"]["triggered_tasks"] == 0
+    assert json.loads(after)["details"]["triggered_tasks"] == 0
+    run = json.loads(run_line)
+    assert run["status"] == "succeeded", run
+    assert run["output"]["steps"]["ship"] == {"order": 42}
+    # One run: the event published before the subscription reached nothing.
+    assert Run.objects.filter(task__title="Ship paid orders").count() == 1
+    assert Event.objects.count() == 2
 
 
 def shell_lines(text: str) -> list[str]:

@@ -155,7 +155,9 @@ def test_two_events_in_the_same_microsecond_both_enqueue():
     task = event_task(agent, "tick")
     at = timezone.now()
     for _ in range(3):
-        events.event_publish(topic="tick", payload={}, actor=Actor.system("t"), now=at)
+        events.event_publish(
+            topic="tick", payload={}, source=agent, granted=SCOPES, actor=Actor.system("t"), now=at
+        )
     instants = sorted(Occurrence.objects.filter(task=task).values_list("scheduled_for", flat=True))
     assert instants == [at, at + timedelta(microseconds=1), at + timedelta(microseconds=2)]
 
@@ -197,7 +199,11 @@ def test_the_pipeline_reads_the_triggering_event():
         },
     )
     event, _ = events.event_publish(
-        topic="orders.paid", payload={"order_id": 42}, source=agent, actor=Actor.system("t")
+        topic="orders.paid",
+        payload={"order_id": 42},
+        source=agent,
+        granted=SCOPES,
+        actor=Actor.system("t"),
     )
     Worker(concurrency=1, burst=True, poll_interval=0.2).run(threading.Event())
     run = Run.objects.get(task=task)

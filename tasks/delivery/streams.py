@@ -16,7 +16,10 @@ its Event committed. Hence:
   recreating it (MKSTREAM, from the start of whatever the stream holds).
 
 Entry fields: `topic`, `payload` (a JSON object as text; absent = {}), `idempotency_key`
-(optional), `source_agent_id` (required: an active agent holding `events:publish`).
+(optional), `source_agent_id` (required: an active agent that may publish the topic:
+`events:publish` or a matching `events:publish:<glob>`). The event then reaches the tasks
+it would reach had that agent published it over REST. A rejected entry is acknowledged,
+logged and recorded in the audit log as `event.rejected` with its entry id and reason.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from django.conf import settings
 from django.db import DataError
 
 from agents.models import Agent
+from audit import record
 from audit.services import Actor
-from ordinaut.errors import InvalidInput
-from ordinaut.scopes import EVENTS_PUBLISH, grants
+from ordinaut.errors import Forbidden, InvalidInput
 from tasks.events import event_publish
 
 logger = logging.getLogger(__name__)
@@ -117,18 +120,17 @@ def store_entry(fields: dict[Any, Any]) -> bool:
     source = Agent.objects.filter(pk=parsed["source_agent_id"], is_active=True).first()
     if source is None:
         raise Rejected(f"source_agent_id: no active agent {parsed['source_agent_id']}")
-    if not grants(source.scopes, EVENTS_PUBLISH):
-        raise Rejected(f"source_agent_id: agent {source.name} lacks {EVENTS_PUBLISH}")
     try:
         _, created = event_publish(
             topic=parsed["topic"],
             payload=parsed["payload"],
             actor=Actor.agent(source),
+            granted=source.scopes,
             source=source,
             idempotency_key=parsed["idempotency_key"],
         )
-    except InvalidInput as exc:
-        raise Rejected(exc.message) from exc
+    except (InvalidInput, Forbidden) as exc:
+        raise Rejected(f"agent {source.name}: {exc.message}") from exc
     except DataError as exc:
         # Values PostgreSQL refuses (e.g. a NUL character in the payload): retrying the
         # entry would fail the same way every time.
@@ -201,12 +203,31 @@ def _consume(
                 "inbound event %s rejected: %s", _text(entry_id), exc.reason,
                 extra={"stream_entry_id": _text(entry_id)},
             )  # fmt: skip
+            _record_rejected(entry_id, fields, exc.reason)
         else:
             result.stored += created
             result.duplicates += not created
         # Only now: the Event (or the decision to reject) is final.
         client.xack(stream, group, entry_id)
     return result
+
+
+def _record_rejected(entry_id: Any, fields: dict[Any, Any] | None, reason: str) -> None:
+    """Keep the refusal in the audit log: who tried to publish what, and why it failed."""
+    values: dict[str, str] = {}
+    for key in ("topic", "source_agent_id", "idempotency_key"):
+        raw = (fields or {}).get(key, (fields or {}).get(key.encode()))
+        if isinstance(raw, bytes):
+            values[key] = raw[:200].decode(errors="replace")
+        elif raw is not None:
+            values[key] = str(raw)[:200]
+    record(
+        actor=Actor.system("inbound-stream"),
+        action="event.rejected",
+        subject_type="stream_entry",
+        subject_id=_text(entry_id),
+        details={"reason": reason, **values},
+    )
 
 
 def consume_safely(client: Any | None, *, consumer: str) -> ConsumeResult | None:
