@@ -24,6 +24,7 @@ EVENTS_SUBSCRIBE_PREFIX = "events:subscribe:"
 GLOB_PREFIXES = (EVENTS_PUBLISH_PREFIX, EVENTS_SUBSCRIBE_PREFIX)
 APPROVALS_DECIDE = "approvals:decide"
 TOOLS_READ = "tools:read"
+SECRETS_PREFIX = "secrets:"
 ADMIN = "admin"
 
 
@@ -33,6 +34,17 @@ def grants(scopes: Iterable[str], required: str | None) -> bool:
         return True
     held = scopes if isinstance(scopes, (set, frozenset)) else set(scopes)
     return required in held or ADMIN in held
+
+
+def secret_scope(name: str) -> str:
+    """The scope that allows `${secrets.NAME}` (scope names are lowercase)."""
+    return f"{SECRETS_PREFIX}{name.lower()}"
+
+
+def grants_secret(scopes: Iterable[str], name: str) -> bool:
+    """`secrets:<name>`, `secrets:*` or `admin`."""
+    held = set(scopes)
+    return grants(held, secret_scope(name)) or f"{SECRETS_PREFIX}*" in held
 
 
 def grants_topic(scopes: Iterable[str], prefix: str, topic: str) -> bool:

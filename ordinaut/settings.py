@@ -280,7 +280,8 @@ LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
 LLM_API_KEY = env.str("LLM_API_KEY", default="")
 LLM_MODEL = env.str("LLM_MODEL", default="gpt-4o-mini")
 # ${secrets.NAME} resolves from here, else from the variable ORDINAUT_SECRET_<NAME>; values
-# are never stored in runs and are redacted from logs and outputs.
+# are never stored in runs and are redacted from logs and outputs. Each must be at least 8
+# characters (start-up refuses shorter ones); using one needs the scope secrets:<name>.
 PIPELINE_SECRETS: dict[str, str] = {}
 
 # -- events, outbox, approvals -----------------------------------------------------------------
@@ -311,7 +312,11 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"correlation": {"()": "ordinaut.logging.CorrelationIdFilter"}},
+    "filters": {
+        "correlation": {"()": "ordinaut.logging.CorrelationIdFilter"},
+        # Pipeline secrets never reach a log line (named by path: settings import no app).
+        "secrets": {"()": "pipelines.secrets.RedactSecretsFilter"},
+    },
     "formatters": {"json": {"()": "ordinaut.logging.JsonFormatter"}},
     "handlers": {
         # Servers log to stdout. Commands that print results switch to stderr (see
@@ -320,7 +325,7 @@ LOGGING = {
             "class": "logging.StreamHandler",
             "stream": "ext://sys.stdout",
             "formatter": "json",
-            "filters": ["correlation"],
+            "filters": ["correlation", "secrets"],
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

@@ -231,9 +231,20 @@ class _Execution:
             "event": event,
             "now": now.isoformat(timespec="seconds"),
         }
-        self.templates = TemplateContext(data=self.data, now=now, secret=get_secret)
+        self.templates = TemplateContext(data=self.data, now=now, secret=self._secret)
         # Names whose output the default run output lists, in pipeline order.
         self.produced: list[str] = []
+
+    def _secret(self, name: str) -> str | None:
+        """A secret's value for a template, if the task's agent holds its scope (checked at
+        save time too; checked again because scopes can be narrowed since)."""
+        from ordinaut.scopes import grants_secret, secret_scope
+
+        if not grants_secret(self.agent.scopes, name):
+            raise TemplateError(
+                f"${{secrets.{name}}}: agent {self.agent.name!r} lacks scope {secret_scope(name)!r}"
+            )
+        return get_secret(name)
 
     # -- the run ------------------------------------------------------------------------------
 

@@ -39,6 +39,14 @@ TEMPLATE_RE = re.compile(r"(?<!\$)\$\{([^{}]*)\}")
 _TOKEN_RE = re.compile(r"\$\$\{|\$\{([^{}]*)\}")
 _NOW_OFFSET_RE = re.compile(r"^now\s*([+-])\s*(\d+(?:\.\d+)?)\s*([smhdw])$")
 _SECRET_RE = re.compile(r"^secrets\.([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def secret_reference(expression: str) -> str | None:
+    """The NAME of an expression `secrets.NAME`, else None."""
+    match = _SECRET_RE.match(expression.strip())
+    return match.group(1) if match else None
+
+
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _MISSING = object()
 

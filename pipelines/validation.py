@@ -4,7 +4,8 @@ Beyond the JSON Schema (`pipelines.schema`), a payload must have unique step nam
 `${...}` templates and `if` expressions that reference only parameters that exist and steps
 that run earlier, tools that exist (and that the agent's scopes allow), and `with` objects
 that satisfy each tool's input schema wherever their values are not templates (a template's
-value is known only when the step runs).
+value is known only when the step runs). With the agent's scopes, each `${secrets.NAME}`
+needs `secrets:<name>` or `secrets:*`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ordinaut.errors import InvalidInput
+from ordinaut.scopes import grants_secret, secret_scope
 from pipelines.conditions import ConditionError, check_condition
 from pipelines.schema import PAYLOAD_SCHEMA
 from pipelines.templating import (
@@ -23,6 +25,7 @@ from pipelines.templating import (
     check_expression,
     expressions,
     has_template,
+    secret_reference,
 )
 from pipelines.tools.base import json_path, schema_errors
 
@@ -109,14 +112,16 @@ def validate_payload(payload: Any, *, scopes: list[str] | None = None) -> dict:
         if isinstance(step.get("if"), str):
             _check_condition(step["if"], f"{path}.if", earlier, names, params, problems)
         if isinstance(step.get("with"), dict):
-            _check_templates(step["with"], f"{path}.with", earlier, names, params, problems)
+            _check_templates(step["with"], f"{path}.with", earlier, names, params, problems, scopes)
         if isinstance(step.get("uses"), str) and step["uses"]:
             _check_tool(step, path, scopes, problems)
         earlier.add(step_name(step, index))
         if isinstance(step.get("save_as"), str):
             earlier.add(step["save_as"])
     if "output" in payload:
-        _check_templates(payload["output"], f"{ROOT}.output", names, names, params, problems)
+        _check_templates(
+            payload["output"], f"{ROOT}.output", names, names, params, problems, scopes
+        )
     problems.raise_if_any()
     return payload
 
@@ -174,9 +179,17 @@ def _check_templates(
     names: set[str],
     params: dict | None,
     problems: _Problems,
+    scopes: list[str] | None,
 ) -> None:
     for leaf_path, text in _strings(value, path):
         for expression in expressions(text):
+            secret = secret_reference(expression)
+            if secret is not None and scopes is not None and not grants_secret(scopes, secret):
+                problems.add(
+                    leaf_path,
+                    f"${{{expression}}}: secret {secret!r} needs scope "
+                    f"{secret_scope(secret)!r} (or 'secrets:*')",
+                )
             try:
                 paths = check_expression(expression)
             except TemplateError as exc:

@@ -239,7 +239,7 @@ def test_secrets_never_reach_the_stored_run(monkeypatch):
             {"id": "f", "uses": "debug.echo", "with": {"x": "${steps.nope}"}},
         ],
     }
-    run, result = run_payload(payload)
+    run, result = run_payload(payload, scopes=["secrets:api_token"])
     stored = json.dumps(list(Run.objects.filter(pk=run.pk).values("steps", "output", "error")))
     assert "s3cr3t-value-42" not in stored
     assert "s3cr3t-value-42" not in json.dumps([result.output, result.error])
