@@ -65,6 +65,7 @@ def enqueue_bulk(task, jobs: int) -> None:
             "run_at": now.isoformat(),
             "priority": 5,
             "concurrency_key": None,
+            "agent_id": str(task.created_by_id),
         }
         for n in range(1, jobs + 1)
     ]

@@ -171,9 +171,14 @@ class Occurrence(models.Model):
     scheduled_for = models.DateTimeField()
     # When a worker may take it (scheduled_for, or later after a retry backoff or snooze).
     run_at = models.DateTimeField()
-    # Copied from the task at enqueue so the claim query reads one table.
+    # Copied from the task at enqueue so the claim query reads one table. The task's agent
+    # scopes the concurrency key (one agent's "email" never blocks another's) and lets the
+    # claim pass over a paused agent's work.
     priority = models.SmallIntegerField(default=5)
     concurrency_key = models.CharField(max_length=100, null=True, blank=True)
+    agent = models.ForeignKey(
+        "agents.Agent", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     state = models.CharField(
         max_length=16, choices=OccurrenceState.choices, default=OccurrenceState.QUEUED
     )
@@ -230,11 +235,12 @@ class Occurrence(models.Model):
                 ),
                 name="occurrence_lease_iff_leased",
             ),
-            # At most one running occurrence per concurrency key, across all workers.
+            # At most one running occurrence per agent and concurrency key, across all
+            # workers.
             models.UniqueConstraint(
-                fields=["concurrency_key"],
+                fields=["agent", "concurrency_key"],
                 condition=Q(state="leased", concurrency_key__isnull=False),
-                name="occurrence_one_leased_per_key",
+                name="occurrence_one_leased_per_agent_key",
             ),
         ]
 

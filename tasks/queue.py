@@ -47,19 +47,20 @@ def _cursor() -> psycopg.Cursor:
 # rows travel as one JSON array: encoding it is C-fast, where adapting typed arrays is not.
 ENQUEUE_SCHEDULED = """
 INSERT INTO tasks_occurrence
-    (task_id, scheduled_for, run_at, priority, concurrency_key, state, attempt, trigger,
-     last_error, correlation_id, created_at)
-SELECT task_id, scheduled_for, run_at, priority, concurrency_key, 'queued', 0, 'schedule',
-       '', '', clock_timestamp()
+    (task_id, scheduled_for, run_at, priority, concurrency_key, agent_id, state, attempt,
+     trigger, last_error, correlation_id, created_at)
+SELECT task_id, scheduled_for, run_at, priority, concurrency_key, agent_id, 'queued', 0,
+       'schedule', '', '', clock_timestamp()
 FROM jsonb_to_recordset(%s::jsonb) AS v(task_id uuid, scheduled_for timestamptz,
-     run_at timestamptz, priority smallint, concurrency_key text)
+     run_at timestamptz, priority smallint, concurrency_key text, agent_id uuid)
 ON CONFLICT (task_id, scheduled_for) DO NOTHING
 """
 
 
 def enqueue_scheduled(rows: list[dict[str, Any]]) -> int:
     """Queue schedule occurrences (JSON-ready dicts: task_id, scheduled_for, run_at,
-    priority, concurrency_key) in the caller's transaction; return how many were new."""
+    priority, concurrency_key, agent_id) in the caller's transaction; return how many were
+    new."""
     if not rows:
         return 0
     with _cursor() as cursor:
@@ -82,12 +83,12 @@ class EventTarget:
 # DO NOTHING, and enqueue_for_event retries just those tasks one microsecond later.
 ENQUEUE_FOR_EVENT = """
 INSERT INTO tasks_occurrence
-    (task_id, scheduled_for, run_at, priority, concurrency_key, state, attempt, trigger,
-     last_error, correlation_id, event_id, created_at)
-SELECT v.task_id, %(at)s, %(run_at)s, v.priority, v.concurrency_key, 'queued', 0, 'event',
-       '', %(correlation_id)s, %(event_id)s, clock_timestamp()
+    (task_id, scheduled_for, run_at, priority, concurrency_key, agent_id, state, attempt,
+     trigger, last_error, correlation_id, event_id, created_at)
+SELECT v.task_id, %(at)s, %(run_at)s, v.priority, v.concurrency_key, v.agent_id, 'queued', 0,
+       'event', '', %(correlation_id)s, %(event_id)s, clock_timestamp()
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(task_id uuid, priority smallint,
-                                              concurrency_key text)
+                                              concurrency_key text, agent_id uuid)
 ON CONFLICT (task_id, scheduled_for) DO NOTHING
 RETURNING task_id
 """
@@ -137,6 +138,7 @@ def enqueue_one(
                 run_at=run_at,
                 priority=task.priority,
                 concurrency_key=task.concurrency_key,
+                agent_id=task.created_by_id,
                 trigger=trigger,
             )
     except IntegrityError:
@@ -248,17 +250,19 @@ WITH picked AS (
 )"""
 CLAIM = _PICK_UNKEYED + _LEASE_PICKED
 
-# Claim ONE due occurrence that has a concurrency key, whose key is not leased right now.
-# The NOT EXISTS skips keys visibly running; two workers racing for the same key are
-# settled by the partial unique index occurrence_one_leased_per_key: the loser's UPDATE
-# fails with a unique violation (caught in a savepoint), so never two leased per key.
+# Claim ONE due occurrence that has a concurrency key, whose (agent, key) is not leased
+# right now: keys are per agent, so one agent's "email" never blocks another's. The NOT
+# EXISTS skips keys visibly running; two workers racing for the same key are settled by the
+# partial unique index occurrence_one_leased_per_agent_key: the loser's UPDATE fails with
+# a unique violation (caught in a savepoint), so never two leased per agent and key.
 _PICK_KEYED = """
 WITH picked AS (
     SELECT id FROM tasks_occurrence AS o
     WHERE state = 'queued' AND run_at <= statement_timestamp() AND concurrency_key IS NOT NULL
       AND NOT EXISTS (
           SELECT 1 FROM tasks_occurrence AS running
-          WHERE running.state = 'leased' AND running.concurrency_key = o.concurrency_key)
+          WHERE running.state = 'leased' AND running.agent_id = o.agent_id
+            AND running.concurrency_key = o.concurrency_key)
       AND (%(keys)s::text[] IS NULL OR concurrency_key = ANY(%(keys)s::text[]))
     ORDER BY priority DESC, run_at
     LIMIT 1
@@ -644,12 +648,14 @@ def resume(occurrence_id: int) -> bool:
 RERUN_DEAD = """
 WITH buried AS (
     DELETE FROM tasks_occurrence WHERE id = ANY(%(ids)s) AND state = 'dead'
-    RETURNING task_id, scheduled_for, priority, concurrency_key, trigger, correlation_id
+    RETURNING task_id, scheduled_for, priority, concurrency_key, agent_id, trigger,
+              correlation_id, event_id
 )
 INSERT INTO tasks_occurrence (task_id, scheduled_for, run_at, priority, concurrency_key,
-                              state, attempt, trigger, last_error, correlation_id, created_at)
-SELECT task_id, scheduled_for, statement_timestamp(), priority, concurrency_key, 'queued', 0,
-       trigger, '', correlation_id, statement_timestamp()
+                              agent_id, state, attempt, trigger, last_error, correlation_id,
+                              event_id, created_at)
+SELECT task_id, scheduled_for, statement_timestamp(), priority, concurrency_key, agent_id,
+       'queued', 0, trigger, '', correlation_id, event_id, statement_timestamp()
 FROM buried
 RETURNING id
 """

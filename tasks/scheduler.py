@@ -62,7 +62,7 @@ _ONE_MICROSECOND = timedelta(microseconds=1)
 # task's next_run_at moves in the same transaction, so once committed it is no longer due.
 LOCK_DUE_TASKS = """
 SELECT id, schedule_kind, schedule_expr, timezone, next_run_at, priority, concurrency_key,
-       misfire_policy
+       misfire_policy, created_by_id
 FROM tasks_task
 WHERE status = 'active' AND next_run_at IS NOT NULL AND next_run_at <= %(horizon)s
 ORDER BY next_run_at
@@ -227,7 +227,7 @@ class Scheduler:
             occurrences: list[dict[str, Any]] = []
             advances: list[dict[str, Any]] = []
             earliest_run_at: datetime | None = None
-            for task_id, kind, expr, tz, next_run_at, priority, key, policy in rows:
+            for task_id, kind, expr, tz, next_run_at, priority, key, policy, agent_id in rows:
                 plan = self._plan(
                     task_id, kind, expr, tz, next_run_at, policy, now, horizon, next_fn
                 )
@@ -239,6 +239,7 @@ class Scheduler:
                             "run_at": run_at.isoformat(),
                             "priority": priority,
                             "concurrency_key": key,
+                            "agent_id": str(agent_id),
                         }
                     )
                     result.lags.append(instant.timestamp())

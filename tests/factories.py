@@ -40,6 +40,9 @@ def make_task(agent: Agent, **fields: Any) -> Task:
 
 def make_occurrence(task: Task, *, at: datetime | None = None, **fields: Any) -> Occurrence:
     at = at or timezone.now().replace(microsecond=0) + timedelta(minutes=next(_names))
-    values = {"task": task, "scheduled_for": at, "run_at": at, "priority": task.priority}
+    values = {
+        "task": task, "scheduled_for": at, "run_at": at, "priority": task.priority,
+        "agent_id": task.created_by_id,
+    }  # fmt: skip
     values.update(fields)
     return Occurrence.objects.create(**values)

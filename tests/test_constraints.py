@@ -105,13 +105,15 @@ def test_leased_occurrence_with_both_lease_columns_is_accepted(task):
     assert occurrence.state == "leased"
 
 
-def test_two_leased_occurrences_cannot_share_a_concurrency_key(agent):
+def test_one_agents_leased_occurrences_cannot_share_a_concurrency_key(agent):
     first, second = make_task(agent), make_task(agent)
     lease = {"state": "leased", "lease_owner": "w1", "leased_until": timezone.now()}
     make_occurrence(first, concurrency_key="mailbox", **lease)
     make_occurrence(second, concurrency_key="mailbox", state="queued")
+    # Another agent's key of the same name is another key.
+    make_occurrence(make_task(make_agent()[0]), concurrency_key="mailbox", **lease)
     assert_refused(
-        "occurrence_one_leased_per_key",
+        "occurrence_one_leased_per_agent_key",
         lambda: make_occurrence(second, concurrency_key="mailbox", **lease),
     )
 

@@ -108,6 +108,16 @@ def test_one_leased_occurrence_per_concurrency_key(task):
     assert Occurrence.objects.get(pk=second.occurrence_id).concurrency_key == "mailbox"
 
 
+def test_concurrency_keys_are_per_agent(task):
+    """Two agents using the same key never block each other; the same agent's do."""
+    other_agent = make_task(make_agent()[0])
+    mine = due(task, seconds_ago=3, concurrency_key="email")
+    due(make_task(task.created_by), seconds_ago=2, concurrency_key="email")
+    theirs = due(other_agent, seconds_ago=1, concurrency_key="email")
+    claimed = queue.claim("w1", 10)
+    assert sorted(c.occurrence_id for c in claimed) == sorted([mine.id, theirs.id])
+
+
 def test_concurrency_key_filter_takes_only_those_keys(task):
     due(task, seconds_ago=2)
     due(task, seconds_ago=1, concurrency_key="mailbox")

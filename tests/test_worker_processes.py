@@ -76,6 +76,7 @@ def enqueue(task, count, *, key=None):
             run_at=now,
             priority=task.priority,
             concurrency_key=key,
+            agent_id=task.created_by_id,
         )
         for i in range(count)
     )
@@ -253,7 +254,10 @@ def test_idle_worker_starts_future_work_at_its_run_at_not_at_the_next_poll(test_
         time.sleep(0.5)  # asleep now
         task = make(ECHO)
         run_at = timezone.now() + timedelta(seconds=2)
-        Occurrence.objects.create(task=task, scheduled_for=run_at, run_at=run_at, priority=5)
+        Occurrence.objects.create(
+            task=task, scheduled_for=run_at, run_at=run_at, priority=5,
+            agent_id=task.created_by_id,
+        )  # fmt: skip
         wait_for(lambda: Run.objects.filter(task=task).exists(), 15, "never started")
         started = Run.objects.get(task=task).started_at
         assert run_at <= started < run_at + timedelta(seconds=5)
