@@ -13,12 +13,14 @@ from agents.services import (
     AGENT_UPDATABLE_FIELDS,
     agent_create,
     agent_deactivate,
+    agent_pause,
+    agent_resume,
     agent_update,
     clean_scopes,
     credential_revoke,
 )
 from audit.services import Actor
-from ordinaut.errors import InvalidInput
+from ordinaut.errors import Conflict, InvalidInput
 
 
 class AgentForm(forms.ModelForm):
@@ -49,12 +51,16 @@ class CredentialInline(admin.TabularInline):
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
-    list_display = ["name", "is_active", "scope_list", "credential_count", "created_at"]
-    list_filter = ["is_active", "created_at"]
+    list_display = ["name", "status", "scope_list", "credential_count", "created_at"]
+    list_filter = ["is_active", ("paused_at", admin.EmptyFieldListFilter), "created_at"]
+    actions = ["pause", "resume"]
     search_fields = ["name", "description", "id"]
     date_hierarchy = "created_at"
-    readonly_fields = ["id", "created_at", "updated_at"]
-    fields = ["id", "name", "description", "scopes", "webhook_url", "is_active", "created_at"]
+    readonly_fields = ["id", "status", "paused_at", "created_at", "updated_at"]
+    fields = [
+        "id", "name", "description", "scopes", "webhook_url", "is_active", "status",
+        "paused_at", "created_at",
+    ]  # fmt: skip
     inlines = [CredentialInline]
     form = AgentForm
 
@@ -69,6 +75,26 @@ class AgentAdmin(admin.ModelAdmin):
     @admin.display(description="live credentials", ordering="_credentials")
     def credential_count(self, obj: Agent) -> int:
         return obj._credentials
+
+    @admin.action(description="Pause selected agents (hold all their work)", permissions=["change"])
+    def pause(self, request, queryset) -> None:  # noqa: ANN001
+        self._switch(request, queryset, agent_pause, "paused")
+
+    @admin.action(description="Resume selected agents", permissions=["change"])
+    def resume(self, request, queryset) -> None:  # noqa: ANN001
+        self._switch(request, queryset, agent_resume, "resumed")
+
+    def _switch(self, request, queryset, service, done: str) -> None:  # noqa: ANN001
+        actor, changed, refused = Actor.user(request.user), 0, []
+        for agent in queryset:
+            try:
+                service(agent_id=agent.pk, actor=actor)
+                changed += 1
+            except Conflict as exc:
+                refused.append(exc.message)
+        self.message_user(request, f"{changed} agent(s) {done}.", messages.SUCCESS)
+        for message in refused:
+            self.message_user(request, message, messages.WARNING)
 
     def save_model(self, request, obj, form, change) -> None:  # noqa: ANN001
         actor = Actor.user(request.user)

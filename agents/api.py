@@ -139,6 +139,30 @@ class AgentDetailApi(APIView):
         )
 
 
+class AgentPauseApi(APIView):
+    """The kill switch: POST /agents/{id}/pause and /resume (scope `admin`)."""
+
+    permission_classes = [HasScope]
+    required_scope = scopes.ADMIN
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = "tasks"
+    action = "pause"
+
+    @extend_schema(
+        request=None,
+        responses={200: AgentSerializer},
+        description=(
+            "pause: none of the agent's work is queued or claimed, and its running runs stop "
+            "at their next step (409 unless active). resume: everything goes on; instants "
+            "missed meanwhile follow each task's misfire policy (409 unless paused)."
+        ),
+    )
+    def post(self, request: Request, agent_id: str) -> Response:
+        service = services.agent_pause if self.action == "pause" else services.agent_resume
+        agent = service(agent_id=agent_id, actor=Actor.agent(request.user))
+        return Response(agent_data(agent))
+
+
 class AgentCredentialsApi(APIView):
     permission_classes = [HasScope]
     required_scope = scopes.ADMIN

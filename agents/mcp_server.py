@@ -26,9 +26,11 @@ from pydantic import ConfigDict
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
 
+from agents import services as agent_services
 from agents.authentication import Grant, authenticate_token
 from agents.models import Agent
 from agents.permissions import require_publisher, require_scope
+from agents.serializers import agent_data
 from audit.services import Actor
 from ordinaut import scopes
 from ordinaut.api import PageQuerySerializer, page, validated
@@ -500,6 +502,35 @@ async def list_approvals(
     return await _run(ctx, scopes.APPROVALS_DECIDE, work)
 
 
+# -- the kill switch (admin) -----------------------------------------------------------------
+
+
+async def pause_agent(agent_id: str, ctx: Context) -> dict[str, Any]:
+    """Hold all of an agent's work, as POST /agents/{id}/pause: nothing of it is queued or
+    claimed, and its running runs stop at their next step. Returns the agent; 409 unless it
+    is active. Needs admin."""
+    return await _run(
+        ctx,
+        scopes.ADMIN,
+        lambda caller: agent_data(
+            agent_services.agent_pause(agent_id=agent_id, actor=caller.actor)
+        ),
+    )
+
+
+async def resume_agent(agent_id: str, ctx: Context) -> dict[str, Any]:
+    """Let a paused agent's work go on, as POST /agents/{id}/resume; instants missed
+    meanwhile follow each task's misfire policy. Returns the agent; 409 unless it is
+    paused. Needs admin."""
+    return await _run(
+        ctx,
+        scopes.ADMIN,
+        lambda caller: agent_data(
+            agent_services.agent_resume(agent_id=agent_id, actor=caller.actor)
+        ),
+    )
+
+
 # -- resources and the prompt ----------------------------------------------------------------
 
 
@@ -550,6 +581,8 @@ TOOLS: tuple[Callable[..., Any], ...] = (
     publish_event,
     decide_approval,
     list_approvals,
+    pause_agent,
+    resume_agent,
 )
 RESOURCES: dict[str, Callable[..., Any]] = {
     "ordinaut://tasks/{task_id}": task_resource,

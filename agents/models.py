@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
@@ -11,6 +12,12 @@ from django.utils import timezone
 
 # A scope is a short lowercase token such as "tasks:write"; the database refuses others.
 SCOPE_PATTERN = r"^[a-z][a-z0-9_.:*-]{0,63}$"
+
+
+class AgentStatus(models.TextChoices):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    INACTIVE = "inactive"
 
 
 class Agent(models.Model):
@@ -22,6 +29,11 @@ class Agent(models.Model):
     scopes = ArrayField(models.CharField(max_length=64), default=list, blank=True)
     webhook_url = models.URLField(max_length=2000, blank=True, default="")
     is_active = models.BooleanField(default=True)
+    # The kill switch: while paused (or inactive) none of the agent's work is queued,
+    # claimed or continued; each timestamp says since when, so resuming can account for
+    # the schedule instants that fell in between.
+    paused_at = models.DateTimeField(null=True, blank=True)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -33,6 +45,19 @@ class Agent(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def status(self) -> str:
+        """`inactive` (credentials refused), `paused` (work held), or `active`."""
+        if not self.is_active:
+            return AgentStatus.INACTIVE
+        return AgentStatus.PAUSED if self.paused_at is not None else AgentStatus.ACTIVE
+
+    @property
+    def halted_since(self) -> datetime | None:
+        """When the agent's work stopped (paused or deactivated, the earlier); None: it runs."""
+        stops = [self.paused_at, None if self.is_active else self.deactivated_at]
+        return min((at for at in stops if at is not None), default=None)
 
     # The API's request.user is the authenticated Agent; DRF's permission checks read these.
     @property

@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from agents.models import Agent, Credential, CredentialKind
+from agents.models import Agent, AgentStatus, Credential, CredentialKind
 from ordinaut.api import PageQuerySerializer, StrictSerializer, iso
 
 _SCOPES_HELP = "Permission scopes, e.g. tasks:read, tasks:write, runs:read, admin."
@@ -43,7 +43,7 @@ class AgentListQuerySerializer(PageQuerySerializer):
 
 
 class AgentSerializer(serializers.Serializer):
-    """The original's AgentResponse, plus description and is_active."""
+    """The original's AgentResponse, plus description, is_active, status and paused_at."""
 
     id = serializers.UUIDField()
     name = serializers.CharField()
@@ -51,6 +51,11 @@ class AgentSerializer(serializers.Serializer):
     webhook_url = serializers.CharField(allow_null=True)
     description = serializers.CharField()
     is_active = serializers.BooleanField()
+    status = serializers.ChoiceField(
+        choices=AgentStatus.choices,
+        help_text="active; paused (the kill switch: its work is held); inactive (deactivated).",
+    )
+    paused_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
 
 
@@ -69,6 +74,8 @@ def agent_data(agent: Agent) -> dict[str, Any]:
         "webhook_url": agent.webhook_url or None,
         "description": agent.description,
         "is_active": agent.is_active,
+        "status": agent.status,
+        "paused_at": iso(agent.paused_at) if agent.paused_at else None,
         "created_at": iso(agent.created_at),
     }
 

@@ -14,7 +14,15 @@ from django.utils import timezone
 
 from agents import tokens
 from agents.credentials import issue_api_key, issue_secret, parse_key_id, verify_secret
-from agents.models import SCOPE_PATTERN, Agent, Credential, CredentialKind, RevokedToken
+from agents.models import (
+    SCOPE_PATTERN,
+    Agent,
+    AgentStatus,
+    Credential,
+    CredentialKind,
+    RevokedToken,
+)
+from agents.signals import agent_halted, agent_restored
 from audit import record
 from audit.services import Actor
 from ordinaut.errors import Conflict, InvalidInput, NotFound, Unauthenticated
@@ -154,9 +162,13 @@ def agent_update(*, agent_id: Any, changes: dict[str, Any], actor: Actor) -> Age
         with transaction.atomic():
             agent = _locked_agent(agent_id)
             before = {field: getattr(agent, field) for field in changes}
+            halted_since = agent.halted_since
             for field, value in changes.items():
                 setattr(agent, field, value)
+            if "is_active" in changes and before["is_active"] != agent.is_active:
+                agent.deactivated_at = None if agent.is_active else timezone.now()
             agent.save()
+            _announce_work(agent, halted_since, timezone.now())
             diff = {
                 field: {"before": before[field], "after": value}
                 for field, value in changes.items()
@@ -168,6 +180,61 @@ def agent_update(*, agent_id: Any, changes: dict[str, Any], actor: Actor) -> Age
             f"an agent named {changes.get('name')!r} already exists",
             details={"name": ["already exists"]},
         ) from exc
+    return agent
+
+
+def _announce_work(agent: Agent, halted_since: datetime | None, now: datetime) -> None:
+    """Tell the tasks app when the agent's work just stopped or may just go on again."""
+    if halted_since is None and agent.halted_since is not None:
+        agent_halted.send(sender=Agent, agent=agent, at=now)
+    elif halted_since is not None and agent.halted_since is None:
+        agent_restored.send(sender=Agent, agent=agent, since=halted_since, at=now)
+
+
+def agent_pause(*, agent_id: Any, actor: Actor, now: datetime | None = None) -> Agent:
+    """The kill switch: hold all of the agent's work until `agent_resume`.
+
+    None of its tasks' instants are queued, its queued occurrences are not claimed, and its
+    running runs stop at their next step boundary. Its credentials keep working (it can
+    still read its runs). Raises NotFound, or Conflict when it is paused or inactive.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        agent = _locked_agent(agent_id)
+        if agent.status != AgentStatus.ACTIVE:
+            raise Conflict(
+                f"agent {agent.name!r} is {agent.status}; only an active agent can be paused",
+                details={"status": agent.status},
+            )
+        agent.paused_at = now
+        agent.save(update_fields=["paused_at", "updated_at"])
+        _announce_work(agent, None, now)
+        record(actor=actor, action="agent.paused", subject=agent, details={"name": agent.name})
+    return agent
+
+
+def agent_resume(*, agent_id: Any, actor: Actor, now: datetime | None = None) -> Agent:
+    """Undo `agent_pause`: its work goes on, and the instants missed meanwhile follow each
+    task's misfire policy. Raises NotFound, or Conflict when it is not paused."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        agent = _locked_agent(agent_id)
+        if agent.paused_at is None:
+            raise Conflict(
+                f"agent {agent.name!r} is {agent.status}, not paused",
+                details={"status": agent.status},
+            )
+        halted_since = agent.halted_since
+        paused_for = (now - agent.paused_at).total_seconds()
+        agent.paused_at = None
+        agent.save(update_fields=["paused_at", "updated_at"])
+        _announce_work(agent, halted_since, now)
+        record(
+            actor=actor,
+            action="agent.resumed",
+            subject=agent,
+            details={"name": agent.name, "paused_seconds": round(paused_for, 3)},
+        )
     return agent
 
 
@@ -186,8 +253,12 @@ def agent_deactivate(*, agent_id: Any, actor: Actor, now: datetime | None = None
             revoked_at=now
         )
         was_active = agent.is_active
+        halted_since = agent.halted_since
         agent.is_active = False
-        agent.save(update_fields=["is_active", "updated_at"])
+        if was_active:
+            agent.deactivated_at = now
+        agent.save(update_fields=["is_active", "deactivated_at", "updated_at"])
+        _announce_work(agent, halted_since, now)
         record(
             actor=actor,
             action="agent.deactivated",

@@ -252,6 +252,7 @@ SPECTACULAR_SETTINGS = {
         "TaskStatusEnum": "tasks.models.TaskStatus.choices",
         "RunStatusEnum": "tasks.models.RunStatus.choices",
         "ApprovalStatusEnum": "tasks.models.ApprovalStatus.choices",
+        "AgentStatusEnum": "agents.models.AgentStatus.choices",
     },
 }
 

@@ -38,6 +38,16 @@ urlpatterns = [
     *route("agents/auth/revoke", agents_api.TokenRevokeApi.as_view(), "auth-revoke"),
     *route("agents/<uuid:agent_id>", agents_api.AgentDetailApi.as_view(), "agent"),
     *route(
+        "agents/<uuid:agent_id>/pause",
+        agents_api.AgentPauseApi.as_view(action="pause"),
+        "agent-pause",
+    ),
+    *route(
+        "agents/<uuid:agent_id>/resume",
+        agents_api.AgentPauseApi.as_view(action="resume"),
+        "agent-resume",
+    ),
+    *route(
         "agents/<uuid:agent_id>/credentials",
         agents_api.AgentCredentialsApi.as_view(),
         "agent-credentials",

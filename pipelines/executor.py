@@ -68,7 +68,9 @@ _REUSABLE = {StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.REUSED}
 
 @dataclass
 class ExecutionResult:
-    status: str  # "succeeded" | "failed" | "timed_out" | "waiting" (parked for approval)
+    # "succeeded" | "failed" | "timed_out" | "waiting" (parked for approval) | "canceled"
+    # (stopped at a step boundary because the agent was paused: not a failure)
+    status: str
     output: Any  # the run's output (pipeline `output` template, else {"steps": {...}})
     error: str | None  # human message: step id, tool name, reason
     retryable: bool = True  # False for errors a retry cannot fix (schema, unknown tool...)
@@ -263,6 +265,14 @@ class _Execution:
                     return self._result(
                         "timed_out", f"run timed out before step {name!r}", retryable=True
                     )
+                if index > start and self._agent_halted():
+                    # The kill switch: stop at this boundary; the steps done so far are
+                    # stored, and the attempt after the resume carries them over.
+                    return self._result(
+                        "canceled",
+                        f"agent {self.agent.name!r} was paused; stopped before step {name!r}",
+                        retryable=True,
+                    )
                 outcome = self._run_step(step, name, resumed if index == start else None)
                 goes_on = outcome in (None, StepStatus.SKIPPED) or (
                     isinstance(outcome, _StepFailure) and step.get("on_error") == "continue"
@@ -288,6 +298,18 @@ class _Execution:
                 output=None,
                 error="the run is no longer running (its lease was lost); stopped",
             )
+
+    def _agent_halted(self) -> bool:
+        """True when the task's agent is paused or inactive now (one indexed read; the
+        claim checked it before the first step)."""
+        from tasks.models import Task
+
+        return not _retrying_database(
+            lambda: Task.objects.filter(
+                pk=self.task.pk, created_by__is_active=True, created_by__paused_at__isnull=True
+            ).exists(),
+            deadline=self.deadline,
+        )
 
     def _reuse_previous(self, pipeline: list[dict]) -> tuple[int, dict | None]:
         """Carry over the previous attempt's leading finished steps; return where to start.

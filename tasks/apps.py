@@ -14,6 +14,13 @@ class TasksConfig(AppConfig):
 
         register_tools(tools.TOOLS)
 
+        from agents.signals import agent_halted, agent_restored
+        from tasks.services import agent_work_halt, agent_work_restore
+
+        # The kill switch is an agent use case; what it does to tasks is decided here.
+        agent_halted.connect(agent_work_halt, dispatch_uid="tasks.agent_work_halt")
+        agent_restored.connect(agent_work_restore, dispatch_uid="tasks.agent_work_restore")
+
         for check in (check_scheduler, check_workers):
             if check not in CHECKS:
                 CHECKS.append(check)

@@ -38,7 +38,8 @@ from ordinaut.scopes import may_publish, may_receive
 from pipelines.conditions import ConditionError, evaluate_condition
 from tasks import queue as occurrence_queue
 from tasks.delivery.outbox import outbox_add
-from tasks.models import Event, ScheduleKind, Task, TaskStatus
+from tasks.models import Event, ScheduleKind, SkipReason, Task, TaskStatus
+from tasks.services import record_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -108,27 +109,35 @@ def receives(agent_id: Any, agent_scopes: Iterable[str], publisher_id: Any, topi
     return may_receive(agent_scopes, topic)
 
 
-def triggered_tasks(document: dict[str, Any]) -> list[occurrence_queue.EventTarget]:
+def triggered_tasks(
+    document: dict[str, Any],
+) -> tuple[list[occurrence_queue.EventTarget], list[Any]]:
     """Active event and condition tasks of active agents that fire for `document` and may
-    receive it (a read)."""
+    receive it, and the ids of those that would but whose agent is paused (a read)."""
     candidates = Task.objects.filter(
         status=TaskStatus.ACTIVE,
         schedule_kind__in=[ScheduleKind.EVENT, ScheduleKind.CONDITION],
         created_by__is_active=True,
     ).values_list(
         "id", "schedule_kind", "schedule_expr", "priority", "concurrency_key",
-        "created_by_id", "created_by__scopes",
+        "created_by_id", "created_by__scopes", "created_by__paused_at",
     )  # fmt: skip
     publisher, topic = document["source_agent_id"], document["topic"]
-    return [
-        occurrence_queue.EventTarget(
+    targets: list[occurrence_queue.EventTarget] = []
+    held: list = []
+    for task_id, kind, expr, priority, key, agent_id, scopes, paused_at in candidates.iterator(
+        chunk_size=2000
+    ):
+        if not (receives(agent_id, scopes, publisher, topic) and triggers(kind, expr, document)):
+            continue
+        if paused_at is not None:
+            held.append(task_id)
+            continue
+        target = occurrence_queue.EventTarget(
             task_id=str(task_id), priority=priority, concurrency_key=key, agent_id=str(agent_id)
         )
-        for task_id, kind, expr, priority, key, agent_id, agent_scopes in candidates.iterator(
-            chunk_size=2000
-        )
-        if receives(agent_id, agent_scopes, publisher, topic) and triggers(kind, expr, document)
-    ]
+        targets.append(target)
+    return targets, held
 
 
 def _first_with_key(source: Agent | None, idempotency_key: str) -> Event | None:
@@ -174,7 +183,13 @@ def event_publish(
             published_at=now or timezone.now(),
         )
         document = event_document(topic, payload, source.pk if source else None)
-        targets = triggered_tasks(document)
+        targets, held = triggered_tasks(document)
+        for task_id in held:
+            # A paused agent's task would have fired: the ledger says so, nothing is queued.
+            record_skipped(
+                task_id, [event.published_at], reason=SkipReason.AGENT_PAUSED,
+                now=event.published_at, details={"event_id": str(event.id)},
+            )  # fmt: skip
         event.triggered_tasks = occurrence_queue.enqueue_for_event(
             event_id=event.id,
             at=event.published_at,

@@ -272,6 +272,7 @@ _RUN_STATUS_FOR_EXECUTION = {
     "failed": RunStatus.FAILED,
     "timed_out": RunStatus.TIMED_OUT,
     "waiting": RunStatus.WAITING_APPROVAL,
+    "canceled": RunStatus.CANCELED,
 }
 
 
@@ -361,6 +362,7 @@ class SkipReason(models.TextChoices):
     SNOOZED = "snoozed"  # folded into the one occurrence a snooze moved to its end
     CANCELED = "canceled"  # was queued when the task was canceled
     RESCHEDULED = "rescheduled"  # was queued when the task's schedule was changed
+    AGENT_PAUSED = "agent_paused"  # fell due while its agent was paused or inactive
 
 
 class SkippedOccurrence(models.Model):

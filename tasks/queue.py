@@ -239,11 +239,14 @@ ORDER BY l.priority DESC, l.run_at
 
 # Claim a batch of due, queued occurrences without a concurrency key, most urgent first.
 # SELECT ... FOR UPDATE SKIP LOCKED locks the rows it returns and skips rows other workers
-# hold, so two workers claiming at once get disjoint batches.
+# hold, so two workers claiming at once get disjoint batches. A paused or inactive agent's
+# occurrences are passed over (both claims): they wait, queued, until it runs again.
 _PICK_UNKEYED = """
 WITH picked AS (
     SELECT id FROM tasks_occurrence
     WHERE state = 'queued' AND run_at <= statement_timestamp() AND concurrency_key IS NULL
+      AND NOT EXISTS (SELECT 1 FROM agents_agent AS a WHERE a.id = tasks_occurrence.agent_id
+                      AND (a.paused_at IS NOT NULL OR NOT a.is_active))
     ORDER BY priority DESC, run_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -264,6 +267,8 @@ WITH picked AS (
           WHERE running.state = 'leased' AND running.agent_id = o.agent_id
             AND running.concurrency_key = o.concurrency_key)
       AND (%(keys)s::text[] IS NULL OR concurrency_key = ANY(%(keys)s::text[]))
+      AND NOT EXISTS (SELECT 1 FROM agents_agent AS a WHERE a.id = o.agent_id
+                      AND (a.paused_at IS NOT NULL OR NOT a.is_active))
     ORDER BY priority DESC, run_at
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -456,6 +461,8 @@ class Outcome:
     backoff_strategy: str = BackoffStrategy.EXPONENTIAL_JITTER
     duration_ms: float = 0.0
     park: Park | None = None  # set exactly when status is RunStatus.WAITING_APPROVAL
+    # False for an attempt stopped by its agent's pause: requeued at once, not a retry.
+    counts_as_attempt: bool = True
 
 
 # Record finished attempts. Conditional on status = 'running': a run the reclaimer already
@@ -484,15 +491,18 @@ WHERE id = ANY(%(ids)s) AND state = 'leased' AND lease_owner = %(owner)s
 # Failed attempts: back to the queue after their backoff, or to `dead` — when the caller
 # says so (not retryable) or when the attempts that did not park on an approval exceed
 # max_retries (decided here, on the locked row, so approval waits never use up retries).
+# `free` (1) marks an attempt stopped by its agent's pause: counted with the waits.
 # A new dead letter is announced in the outbox as run.dead, in the same statement.
 REQUEUE_OR_BURY = """
 WITH moved AS (
     UPDATE tasks_occurrence AS o
-    SET state = CASE WHEN v.state = 'dead' OR o.attempt - o.waits > v.max_retries
+    SET state = CASE WHEN v.state = 'dead' OR o.attempt - o.waits - v.free > v.max_retries
                      THEN 'dead' ELSE 'queued' END,
+        waits = o.waits + v.free,
         run_at = v.run_at, last_error = v.error, lease_owner = NULL, leased_until = NULL
     FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(id bigint, state text, run_at timestamptz,
-                                                  error text, max_retries int, run_id uuid)
+                                                  error text, max_retries int, run_id uuid,
+                                                  free int)
     WHERE o.id = v.id AND o.state = 'leased' AND o.lease_owner = %(owner)s
     RETURNING o.id, o.task_id, o.state, v.run_id
 ), buried AS (
@@ -580,15 +590,17 @@ def _sort_outcomes(outcomes: list[Outcome]) -> _FinishBatch:
                 {"occurrence_id": claimed.occurrence_id, "run_id": str(claimed.run_id), **park}
             )
         else:
-            retry = outcome.retryable
+            retry, free = outcome.retryable, not outcome.counts_as_attempt
             delay = (
-                occurrence_retry_delay(outcome.backoff_strategy, claimed.attempt) if retry else 0
+                occurrence_retry_delay(outcome.backoff_strategy, claimed.attempt)
+                if retry and not free
+                else 0
             )
             batch.again.append({"id": claimed.occurrence_id, "state": "queued" if retry else "dead",
                                 "delay": delay,
                                 "error": outcome.error or outcome.status,
                                 "max_retries": outcome.max_retries,
-                                "run_id": str(claimed.run_id)})  # fmt: skip
+                                "run_id": str(claimed.run_id), "free": int(free)})  # fmt: skip
     return batch
 
 

@@ -60,14 +60,20 @@ _ONE_MICROSECOND = timedelta(microseconds=1)
 # Lock a batch of due, active tasks. SKIP LOCKED: a row another scheduler holds (or a
 # service is editing) is passed over, so two schedulers never work on the same task; the
 # task's next_run_at moves in the same transaction, so once committed it is no longer due.
+#
+# `halted`: the task's agent is paused or inactive. Pausing nulls its tasks' next_run_at;
+# one created or resumed while the pause commits can still turn up here, and is halted
+# the same way (restoring the agent accounts for its missed instants).
 LOCK_DUE_TASKS = """
-SELECT id, schedule_kind, schedule_expr, timezone, next_run_at, priority, concurrency_key,
-       misfire_policy, created_by_id
-FROM tasks_task
-WHERE status = 'active' AND next_run_at IS NOT NULL AND next_run_at <= %(horizon)s
-ORDER BY next_run_at
+SELECT t.id, t.schedule_kind, t.schedule_expr, t.timezone, t.next_run_at, t.priority,
+       t.concurrency_key, t.misfire_policy, t.created_by_id,
+       EXISTS (SELECT 1 FROM agents_agent AS a WHERE a.id = t.created_by_id
+               AND (a.paused_at IS NOT NULL OR NOT a.is_active)) AS halted
+FROM tasks_task AS t
+WHERE t.status = 'active' AND t.next_run_at IS NOT NULL AND t.next_run_at <= %(horizon)s
+ORDER BY t.next_run_at
 LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED
+FOR UPDATE OF t SKIP LOCKED
 """
 
 # Advance every locked task's next_run_at in one statement (rows are ours: we hold locks).
@@ -227,7 +233,21 @@ class Scheduler:
             occurrences: list[dict[str, Any]] = []
             advances: list[dict[str, Any]] = []
             earliest_run_at: datetime | None = None
-            for task_id, kind, expr, tz, next_run_at, priority, key, policy, agent_id in rows:
+            for (
+                task_id,
+                kind,
+                expr,
+                tz,
+                next_run_at,
+                priority,
+                key,
+                policy,
+                agent_id,
+                halted,
+            ) in rows:
+                if halted:
+                    advances.append({"id": str(task_id), "next_run_at": None})
+                    continue
                 plan = self._plan(
                     task_id, kind, expr, tz, next_run_at, policy, now, horizon, next_fn
                 )

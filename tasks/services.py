@@ -482,6 +482,63 @@ def task_run_now(*, task_id: Any, actor: Actor, now: datetime | None = None) -> 
     return occurrence
 
 
+# -- the agent's kill switch (receivers of agents.signals; see tasks/apps.py) ----------------
+
+
+def agent_work_halt(*, agent: Agent, at: datetime, **_: Any) -> int:
+    """The agent was paused or deactivated: stop scheduling its tasks; return how many.
+
+    Its tasks keep their own status. Queued occurrences stay where they are: the claim
+    passes over a halted agent's work, and the scheduler nulls `next_run_at` of any task of
+    a halted agent it still finds due (a task created while the pause commits).
+    """
+    return Task.objects.filter(
+        created_by=agent, status=TaskStatus.ACTIVE, next_run_at__isnull=False
+    ).update(next_run_at=None, updated_at=at)
+
+
+def agent_work_restore(*, agent: Agent, since: datetime, at: datetime, **_: Any) -> int:
+    """The agent runs again: each active scheduled task's instants in (since, at] follow its
+    misfire policy (those not run are ledgered as `agent_paused`), and its schedule goes on.
+    Returns how many occurrences were queued for missed instants."""
+    queued = 0
+    tasks = Task.objects.select_for_update().filter(
+        created_by=agent, status=TaskStatus.ACTIVE, schedule_kind__in=TIME_KINDS
+    )
+    for task in tasks:
+        missed = instants_between(task, max(since, task.created_at), at, LEDGER_LIMIT)
+        already = set(
+            Occurrence.objects.filter(task=task, scheduled_for__in=missed).values_list(
+                "scheduled_for", flat=True
+            )
+        )
+        missed = [instant for instant in missed if instant not in already]
+        run, skipped = _misfire_split(task.misfire_policy, missed)
+        for instant in run:
+            queued += (
+                occurrence_queue.enqueue_one(
+                    task, scheduled_for=instant, run_at=at, trigger=Trigger.SCHEDULE
+                )
+                is not None
+            )
+        record_skipped(task.id, skipped, reason=SkipReason.AGENT_PAUSED, now=at)
+        task.next_run_at = first_run_at(task, at)
+        task.save(update_fields=["next_run_at", "updated_at"])
+    notify(SCHEDULER_CHANNEL)
+    notify(WORKER_CHANNEL)
+    return queued
+
+
+def _misfire_split(policy: str, missed: list[datetime]) -> tuple[list[datetime], list[datetime]]:
+    """(instants to run now, instants to ledger) under a task's misfire policy."""
+    if not missed or policy == MisfirePolicy.SKIP:
+        return [], missed
+    if policy == MisfirePolicy.CATCH_UP:
+        limit = settings.SCHEDULER_CATCHUP_MAX
+        return missed[:limit], missed[limit:]
+    return missed[-1:], missed[:-1]  # coalesce: the latest runs for all of them
+
+
 def occurrence_rerun_dead(*, occurrence_ids: list[int], actor: Actor) -> list[int]:
     """Give dead-lettered occurrences a fresh start (due now, full retry budget).
 

@@ -238,6 +238,10 @@ class Worker:
             retryable=result.retryable,
         )  # fmt: skip
         outcome.steps = result.steps
+        if outcome.status == RunStatus.CANCELED:
+            # Stopped by the agent's pause: the occurrence waits (unclaimable) for the
+            # resume, and this attempt does not use up a retry.
+            outcome.counts_as_attempt = False
         if result.approval is not None:
             # Parked for a human decision: finish parks the occurrence and creates the
             # Approval; the decision requeues it. Not a failure, and not a retry.
