@@ -223,7 +223,7 @@ class ApprovalAdmin(ReadOnlyAdmin):
         _decide(self, request, queryset, "reject")
 
     def has_decide_permission(self, request) -> bool:  # noqa: ANN001
-        return request.user.is_active and request.user.is_staff
+        return request.user.has_perm("tasks.decide_approval")
 
 
 class WebhookAttemptInline(admin.TabularInline):

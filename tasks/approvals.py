@@ -59,12 +59,14 @@ def park_request(request: ApprovalRequest) -> occurrence_queue.Park:
 
 
 def may_decide(approval: Approval, agent: Agent, *, is_admin: bool) -> bool:
-    """Whether `agent` is among the approval's deciders (it can see the approval at all).
+    """Whether `agent` is among the approval's deciders.
 
-    An approval naming `approvers` (agent names or ids) is for them only; without that list
-    any agent holding approvals:decide may decide. `admin` may decide any.
+    An approval naming `approvers` (agent names or ids) is for them; one naming nobody is
+    for operators only — agents holding `admin` (here) and admin users with the
+    `tasks.decide_approval` permission (the console). Otherwise any agent holding
+    approvals:decide could read and decide every other agent's gated steps.
     """
-    if is_admin or not approval.approvers:
+    if is_admin:
         return True
     return agent.name in approval.approvers or str(agent.pk) in approval.approvers
 

@@ -547,6 +547,9 @@ class Approval(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # Operators decide approvals in the admin only with this permission (staff status
+        # alone is not enough: an approval gates what a run may do).
+        permissions = [("decide_approval", "Can approve or reject pending approvals")]
         indexes = [
             models.Index(
                 fields=["expires_at"], name="approval_pending_idx", condition=Q(status="pending")

@@ -272,8 +272,8 @@ def _format_offset(offset: timedelta | None) -> str:
 
 
 def approval_queryset(viewer: Viewer) -> QuerySet:
-    """Approvals the viewer may see: every one with admin; else those it may decide (no
-    `approvers` list, or one naming it) and those of its own tasks."""
+    """Approvals the viewer may see: every one with admin; else those naming it among their
+    `approvers` and those of its own tasks (one naming nobody is for operators)."""
     from tasks.models import Approval
 
     queryset = Approval.objects.all()
@@ -281,8 +281,7 @@ def approval_queryset(viewer: Viewer) -> QuerySet:
         return queryset
     agent = viewer.agent
     return queryset.filter(
-        Q(approvers=[])
-        | Q(approvers__contains=[agent.name])
+        Q(approvers__contains=[agent.name])
         | Q(approvers__contains=[str(agent.pk)])
         | Q(task__created_by=agent)
     )

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from agents.services import agent_create
 from audit.models import AuditEvent
 from audit.services import Actor
 from tasks import approvals
@@ -24,13 +25,18 @@ from tests.factories import make_agent, make_occurrence, make_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+DECIDER = "approvals-decider"
 PIPELINE = {
     "pipeline": [
         {"id": "draft", "uses": "debug.echo", "with": {"items": [1, 2]}},
         {
             "id": "approval",
             "uses": "approval.request",
-            "with": {"prompt": "Send the report?", "context": "${steps.draft.items}"},
+            "with": {
+                "prompt": "Send the report?",
+                "context": "${steps.draft.items}",
+                "approvers": [DECIDER],
+            },
         },
         {
             "id": "send",
@@ -56,9 +62,15 @@ def parked():
     return task, occurrence, Approval.objects.get()
 
 
+def named_agent(name: str, scopes: list[str]):
+    agent, _ = agent_create(name=name, scopes=scopes, actor=Actor.system("tests"))
+    return agent
+
+
 @pytest.fixture
 def decider(api):
-    agent, _ = make_agent(scopes=["approvals:decide"])
+    """The agent the pipeline names as its approver."""
+    agent = named_agent(DECIDER, ["approvals:decide"])
     return agent, api.as_(api_key_for(agent))
 
 
@@ -137,6 +149,7 @@ def test_an_agent_may_not_decide_its_own_tasks_request(parked, api, settings):
     owner = task.created_by
     owner.scopes = [*owner.scopes, "approvals:decide"]
     owner.save()
+    Approval.objects.filter(pk=approval.pk).update(approvers=[owner.name])
     key = api_key_for(owner)
     assert_error(api.as_(key).post(f"/approvals/{approval.id}/approve"), 403)
     settings.APPROVALS_ALLOW_SELF_DECISION = True
@@ -187,8 +200,7 @@ def test_mcp_lists_and_decides_approvals(parked):
     from agents.mcp_server import build_server
 
     _, _, approval = parked
-    agent, _ = make_agent(scopes=["approvals:decide"])
-    key = api_key_for(agent)
+    key = api_key_for(named_agent(DECIDER, ["approvals:decide"]))
 
     async def scenario():
         async with Client(build_server(stdio_token=key)) as client:
@@ -207,5 +219,65 @@ def test_mcp_lists_and_decides_approvals(parked):
     assert not decided.is_error, decided.content
     assert again.is_error
     assert "409 conflict" in again.content[0].text
+    approval.refresh_from_db()
+    assert approval.status == "approved"
+
+
+# -- who decides: those named, else only operators --------------------------------------------
+
+
+def test_another_deciding_agent_neither_sees_nor_decides_a_request_not_naming_it(parked, api):
+    _, _, approval = parked
+    outsider, _ = make_agent(scopes=["approvals:decide"])
+    client = api.as_(api_key_for(outsider))
+    assert client.get("/approvals?status=pending").json()["items"] == []
+    assert_error(client.post(f"/approvals/{approval.id}/approve"), 404, "not_found")
+    approval.refresh_from_db()
+    assert approval.status == "pending"
+
+
+def test_a_request_naming_nobody_is_for_operators_only(parked, decider, api, admin_client):
+    _, _, approval = parked
+    Approval.objects.filter(pk=approval.pk).update(approvers=[])
+    _, named = decider  # holds approvals:decide, but nobody is named now
+    assert named.get("/approvals").json()["items"] == []
+    assert_error(named.post(f"/approvals/{approval.id}/approve"), 404)
+    admin_agent, _ = make_agent(scopes=["admin"])
+    admin_api = api.as_(api_key_for(admin_agent))
+    assert [a["id"] for a in admin_api.get("/approvals").json()["items"]] == [str(approval.id)]
+    assert admin_api.post(f"/approvals/{approval.id}/approve").status_code == 200
+
+
+def test_the_owner_sees_its_own_tasks_requests(parked, api):
+    task, _, approval = parked
+    owner = task.created_by
+    owner.scopes = [*owner.scopes, "approvals:decide"]
+    owner.save()
+    listed = api.as_(api_key_for(owner)).get("/approvals").json()["items"]
+    assert [a["id"] for a in listed] == [str(approval.id)]
+
+
+def test_the_admin_action_needs_the_decide_permission_not_just_staff(parked, client):
+    from django.contrib.auth.models import Permission, User
+
+    _, _, approval = parked
+    staff = User.objects.create_user("operator", password="pw-for-tests", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_approval"))
+    client.force_login(staff)
+    page = client.get("/admin/tasks/approval/")
+    assert page.status_code == 200
+    assert b'value="approve"' not in page.content  # the action is not offered
+    client.post(
+        "/admin/tasks/approval/", {"action": "approve", "_selected_action": [str(approval.pk)]}
+    )
+    approval.refresh_from_db()
+    assert approval.status == "pending"
+
+    staff.user_permissions.add(Permission.objects.get(codename="decide_approval"))
+    staff = User.objects.get(pk=staff.pk)  # permissions are cached per user object
+    client.force_login(staff)
+    client.post(
+        "/admin/tasks/approval/", {"action": "approve", "_selected_action": [str(approval.pk)]}
+    )
     approval.refresh_from_db()
     assert approval.status == "approved"

@@ -24,7 +24,7 @@ DEMO_SCOPES = [
     "tasks:read", "tasks:write", "runs:read", "events:publish", "approvals:decide", "tools:read",
 ]  # fmt: skip
 # A second agent, because an agent may not decide its own task's approvals: this one decides
-# the demo agent's (approvals that name no approvers are open to any `approvals:decide`).
+# the demo agent's requests that name it among their `approvers` (as the quick start's do).
 APPROVER_AGENT = "demo-approver"
 APPROVER_SCOPES = ["approvals:decide", "runs:read"]
 _OUTPUT_LOCK = threading.Lock()
