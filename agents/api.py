@@ -11,6 +11,7 @@ from datetime import timedelta
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import Throttled
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -34,11 +35,12 @@ from agents.serializers import (
     agent_data,
     credential_data,
 )
-from agents.throttles import AgentRateThrottle, TokenExchangeThrottle
+from agents.throttles import AgentRateThrottle, TokenExchangeThrottle, record_failed_exchange
 from agents.tokens import TokenPair
 from audit.services import Actor
 from ordinaut import scopes
 from ordinaut.api import OperationSerializer, iso, operation, parse_body, parse_query
+from ordinaut.errors import Unauthenticated
 
 _EXAMPLE_AGENT = {
     "name": "morning-assistant",
@@ -268,9 +270,16 @@ class TokenApi(APIView):
     )
     def post(self, request: Request) -> Response:
         data = parse_body(TokenRequestSerializer, request)
-        agent, pair = services.token_exchange(
-            agent_id=data["agent_id"], agent_secret=data.get("agent_secret")
-        )
+        try:
+            agent, pair = services.token_exchange(
+                agent_id=data["agent_id"], agent_secret=data.get("agent_secret")
+            )
+        except Unauthenticated:
+            # Only refusals count against the claimed id (see TokenExchangeThrottle).
+            wait = record_failed_exchange(data["agent_id"])
+            if wait is not None:
+                raise Throttled(wait=wait) from None
+            raise
         return _token_response(pair, agent.scopes)
 
 

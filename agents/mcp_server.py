@@ -31,6 +31,7 @@ from agents.authentication import Grant, authenticate_token
 from agents.models import Agent
 from agents.permissions import require_publisher, require_scope
 from agents.serializers import agent_data
+from agents.throttles import check_agent
 from audit.services import Actor
 from ordinaut import scopes
 from ordinaut.api import PageQuerySerializer, page, validated
@@ -120,8 +121,16 @@ def _as_tool_error(exc: Exception) -> ToolError:
     raise exc
 
 
-def _call(raw_token: str, required: str | None, work: Callable[[Caller], Any]) -> Any:
-    """Authenticate, authorize and run `work` in one sync (ORM) context."""
+# The REST throttle bucket a tool's calls count in, by the scope it requires: a tool call
+# costs what the same REST request costs (list_approvals, a read, says so itself).
+_BUCKETS = {
+    scopes.TASKS_WRITE: "tasks", scopes.APPROVALS_DECIDE: "tasks", scopes.ADMIN: "tasks",
+    None: "events",
+}  # fmt: skip
+
+
+def _call(raw_token: str, required: str | None, work: Callable[[Caller], Any], bucket: str) -> Any:
+    """Authenticate, authorize, throttle and run `work` in one sync (ORM) context."""
     if not connection.in_atomic_block:
         # A long-lived server must drop connections PostgreSQL closed (Django does this per
         # request in the web process); never inside a caller's transaction.
@@ -130,6 +139,7 @@ def _call(raw_token: str, required: str | None, work: Callable[[Caller], Any]) -
     try:
         agent, grant = authenticate_token(raw_token)
         require_scope(agent, grant.scopes, required)
+        check_agent(agent.pk, bucket)
         return work(Caller(agent, grant))
     except (OrdinautError, serializers.ValidationError, drf_exceptions.AuthenticationFailed) as exc:
         raise _as_tool_error(exc) from exc
@@ -137,13 +147,21 @@ def _call(raw_token: str, required: str | None, work: Callable[[Caller], Any]) -
         reset_correlation_id(token)
 
 
-async def _run(ctx: Context, required: str | None, work: Callable[[Caller], Any]) -> Any:
-    """A tool's body: `work` runs in the ORM thread once the caller holds `required`."""
+async def _run(
+    ctx: Context,
+    required: str | None,
+    work: Callable[[Caller], Any],
+    *,
+    bucket: str | None = None,
+) -> Any:
+    """A tool's body: `work` runs in the ORM thread once the caller holds `required` and is
+    within its rate limit (a tool error `429 throttled` with `retry_after` otherwise)."""
     try:
         raw = _bearer(ctx)
     except OrdinautError as exc:
         raise _as_tool_error(exc) from exc
-    return await sync_to_async(_call, thread_sensitive=True)(raw, required, work)
+    bucket = bucket or _BUCKETS.get(required, "reads")
+    return await sync_to_async(_call, thread_sensitive=True)(raw, required, work, bucket)
 
 
 async def _read(ctx: Context, required: str, work: Callable[[Caller], Any]) -> Any:
@@ -499,7 +517,7 @@ async def list_approvals(
         found = selectors.approval_list(caller.viewer, status=params.get("status"))
         return page(found, limit=params["limit"], offset=params["offset"], render=approval_data)
 
-    return await _run(ctx, scopes.APPROVALS_DECIDE, work)
+    return await _run(ctx, scopes.APPROVALS_DECIDE, work, bucket="reads")
 
 
 # -- the kill switch (admin) -----------------------------------------------------------------

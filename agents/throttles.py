@@ -24,6 +24,9 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
+from ordinaut.errors import RateLimited
+from ordinaut.middleware import client_ip
+
 logger = logging.getLogger(__name__)
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)s?\s*$")
@@ -88,14 +91,65 @@ def count_hit(key: str, window_seconds: int) -> int:
     return cache.incr(key)
 
 
+KEY_PREFIX = "ordinaut:throttle"
+
+
+def _window(bucket: str, now: float) -> tuple[int, int, float] | None:
+    """(limit, window seconds, window start) of `bucket`, or None when it is not limited."""
+    rate = api_settings.DEFAULT_THROTTLE_RATES.get(bucket)
+    if not rate:
+        return None
+    limit, window = parse_rate(rate)
+    return limit, window, math.floor(now / window) * window
+
+
+def hit(bucket: str, ident: str, *, now: float) -> float | None:
+    """Count one request of `ident` in `bucket`; return the seconds to wait when it is over
+    the limit, else None. Fails open (and says so) when Redis is down."""
+    found = _window(bucket, now)
+    if found is None or breaker.is_open(now):
+        return None
+    limit, window, start = found
+    key = f"{KEY_PREFIX}:{bucket}:{ident}:{start}"
+    try:
+        hits = count_hit(key, window)
+    except Exception as exc:  # any Redis failure: fail open, loudly
+        breaker.trip(now, exc)
+        return None
+    return max(start + window - now, 1.0) if hits > limit else None
+
+
+def check_agent(agent_id: Any, bucket: str) -> None:
+    """The REST throttle for a caller that is not a DRF view (an MCP tool call): raise
+    RateLimited with `retry_after` when the agent is over `bucket`'s limit."""
+    wait = hit(bucket, f"agent:{agent_id}", now=AgentRateThrottle.clock())
+    if wait is not None:
+        retry_after = math.ceil(wait)
+        raise RateLimited(
+            f"rate limit of {bucket} exceeded; retry in {retry_after} s",
+            details={"retry_after": retry_after},
+        )
+
+
+def record_failed_exchange(agent_id: Any) -> float | None:
+    """Count a refused token exchange against the agent id it claimed; return the seconds
+    to wait when that id is now over its limit of failures."""
+    return hit("auth_failures", f"agent-id:{str(agent_id).lower()}", now=AgentRateThrottle.clock())
+
+
 class AgentRateThrottle(BaseThrottle):
     """Fixed-window limit per (bucket, caller); caller is the agent, or the IP before login."""
 
     clock: Callable[[], float] = time.time
-    key_prefix = "ordinaut:throttle"
+    key_prefix = KEY_PREFIX
 
     def __init__(self) -> None:
         self.wait_seconds: float | None = None
+
+    def get_ident(self, request: Request) -> str:
+        # The one rule for the client address (the audit log uses it too): the socket's,
+        # unless TRUST_X_FORWARDED_FOR. DRF's own would believe any X-Forwarded-For.
+        return client_ip(request) or "unknown"
 
     def bucket(self, request: Request, view: Any) -> str | None:
         declared = getattr(view, "throttle_scope", None)
@@ -114,23 +168,11 @@ class AgentRateThrottle(BaseThrottle):
         bucket = self.bucket(request, view)
         if not bucket:
             return True
-        rate = api_settings.DEFAULT_THROTTLE_RATES.get(bucket)
-        if not rate:
-            return True
-        limit, window = parse_rate(rate)
         now = self.clock()
-        if breaker.is_open(now):
-            return True
-        window_start = math.floor(now / window) * window
         for ident in self.idents(request, view):
-            key = f"{self.key_prefix}:{bucket}:{ident}:{window_start}"
-            try:
-                hits = count_hit(key, window)
-            except Exception as exc:  # any Redis failure: fail open, loudly
-                breaker.trip(now, exc)
-                return True
-            if hits > limit:
-                self.wait_seconds = max(window_start + window - now, 1.0)
+            wait = hit(bucket, ident, now=now)
+            if wait is not None:
+                self.wait_seconds = wait
                 return False
         return True
 
@@ -139,17 +181,14 @@ class AgentRateThrottle(BaseThrottle):
 
 
 class TokenExchangeThrottle(AgentRateThrottle):
-    """For /agents/auth/*: counted per client address and per claimed agent id.
+    """For /agents/auth/*: every attempt counted per client address (one client cannot try
+    many agents, or one agent many times).
 
-    Before authentication there is no agent to count, so the claimed id in the body is used
-    (guessing one agent's secret from many addresses is limited) alongside the address
-    (trying many agents from one address is limited).
+    Refused exchanges are also counted per claimed agent id (`record_failed_exchange`, from
+    the view): past RATE_LIMIT_AUTH_FAILURES a wrong secret for that id is answered 429.
+    A correct secret is still accepted then — whoever merely knows an agent's id must not
+    be able to lock the agent out by failing on purpose.
     """
 
     def idents(self, request: Request, view: Any) -> list[str]:
-        idents = [f"ip:{self.get_ident(request)}"]
-        data = request.data if isinstance(request.data, dict) else {}
-        claimed = data.get("agent_id")
-        if isinstance(claimed, str) and 0 < len(claimed) <= 64:
-            idents.append(f"agent-id:{claimed.lower()}")
-        return idents
+        return [f"ip:{self.get_ident(request)}"]

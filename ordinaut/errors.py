@@ -67,6 +67,16 @@ class Forbidden(OrdinautError):
     status = 403
 
 
+class RateLimited(OrdinautError):
+    """Too many requests in the caller's window; `details.retry_after` says when to retry.
+
+    REST raises DRF's Throttled (with Retry-After); MCP tools raise this, with the same code.
+    """
+
+    code = "throttled"
+    status = 429
+
+
 class PayloadTooLarge(drf.APIException):
     """A body over DATA_UPLOAD_MAX_MEMORY_SIZE, refused before it is read."""
 

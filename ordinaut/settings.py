@@ -202,6 +202,8 @@ REST_FRAMEWORK = {
         "events": env.str("RATE_LIMIT_EVENTS", default="120/min"),
         "reads": env.str("RATE_LIMIT_READS", default="1200/min"),
         "auth": env.str("RATE_LIMIT_AUTH", default="30/min"),
+        # Refused token exchanges per claimed agent id (correct secrets are not counted).
+        "auth_failures": env.str("RATE_LIMIT_AUTH_FAILURES", default="10/min"),
     },
 }
 # Bodies above this are refused with 413 before they are parsed (a task with a large pipeline
