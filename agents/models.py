@@ -10,9 +10,6 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-# A scope is a short lowercase token such as "tasks:write"; the database refuses others.
-SCOPE_PATTERN = r"^[a-z][a-z0-9_.:*-]{0,63}$"
-
 
 class AgentStatus(models.TextChoices):
     ACTIVE = "active"

@@ -15,7 +15,6 @@ from django.utils import timezone
 from agents import tokens
 from agents.credentials import issue_api_key, issue_secret, parse_key_id, verify_secret
 from agents.models import (
-    SCOPE_PATTERN,
     Agent,
     AgentStatus,
     Credential,
@@ -26,7 +25,7 @@ from agents.signals import agent_halted, agent_restored
 from audit import record
 from audit.services import Actor
 from ordinaut.errors import Conflict, InvalidInput, NotFound, Unauthenticated
-from ordinaut.scopes import GLOB_PREFIXES
+from ordinaut.scopes import GLOB_PREFIXES, SCOPE_PATTERN
 
 _SCOPE_RE = re.compile(SCOPE_PATTERN)
 

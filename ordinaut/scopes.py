@@ -17,6 +17,9 @@ from fnmatch import fnmatchcase
 TASKS_READ = "tasks:read"
 TASKS_WRITE = "tasks:write"
 RUNS_READ = "runs:read"
+# A scope is a short lowercase token such as "tasks:write"; the database refuses others.
+SCOPE_PATTERN = r"^[a-z][a-z0-9_.:*-]{0,63}$"
+
 EVENTS_PUBLISH = "events:publish"
 EVENTS_PUBLISH_PREFIX = "events:publish:"
 EVENTS_SUBSCRIBE_PREFIX = "events:subscribe:"

@@ -33,6 +33,17 @@ class McpServerAdmin(admin.ModelAdmin):
     ]
     actions = ["discover_tools", "enable", "disable"]
 
+    # An MCP server runs a command on the workers (stdio) or receives agents' data (HTTP):
+    # only superusers configure one, whatever model permissions staff users hold.
+    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+        return request.user.is_active and request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+        return request.user.is_active and request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+        return request.user.is_active and request.user.is_superuser
+
     @admin.display(description="command / url")
     def target(self, obj: McpServer) -> str:
         if obj.transport == "stdio":

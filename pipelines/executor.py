@@ -390,7 +390,6 @@ class _Execution:
 
     def _prepare(self, current: _StepRun) -> tuple[ToolSpec, dict[str, Any]] | _StepFailure:
         """Render the step's input, find its tool and check that the agent may call it."""
-        from ordinaut.scopes import grants
         from pipelines.registry import UnknownTool, get_tool
 
         try:
@@ -403,9 +402,9 @@ class _Execution:
         except TemplateError as exc:
             return current.fail(str(exc), retryable=False)
         current.record["input"] = self._redact(arguments)
-        if not grants(self.agent.scopes, tool.required_scope):
+        if not tool.granted_by(self.agent.scopes):
             return current.fail(
-                f"agent {self.agent.name!r} lacks scope {tool.required_scope!r}", retryable=False
+                f"agent {self.agent.name!r} lacks scope {tool.scope_hint()}", retryable=False
             )
         try:
             tool.check_input(arguments)

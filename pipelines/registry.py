@@ -10,14 +10,22 @@ before it is reported unknown (the server may have gained the tool since).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
+from django.core.cache import cache
+
+from ordinaut.scopes import SCOPE_PATTERN
 from pipelines.tools import BUILTIN_TOOLS
 from pipelines.tools.base import ToolContext, ToolError, ToolSpec
 
 logger = logging.getLogger("pipelines.registry")
 
 MCP_PREFIX = "mcp."
+# An unknown tool name rediscovers its server at most this often (seconds).
+REDISCOVERY_SECONDS = 60
+REDISCOVERY_KEY = "ordinaut:mcp-rediscovery"
+_SCOPE_RE = re.compile(SCOPE_PATTERN)
 
 # Tools an app registers at start-up (see register_tools); built-ins are never replaced.
 _REGISTERED: dict[str, ToolSpec] = {}
@@ -56,10 +64,13 @@ def list_tools() -> list[ToolSpec]:
     return tools
 
 
-def get_tool(name: str, *, refresh: bool = True) -> ToolSpec:
+def get_tool(name: str, *, refresh: bool = True, spawn: bool = True) -> ToolSpec:
     """The tool called `name`; raises UnknownTool with the reason.
 
-    With `refresh`, an unknown tool of an enabled MCP server triggers one discovery first.
+    With `refresh`, an unknown tool of an enabled MCP server triggers a discovery first —
+    at most one per server a minute, across processes, so a request naming unknown tools
+    cannot make us reconnect again and again. Without `spawn` (validating a task in the
+    web process) a stdio server is never started: only its stored tool list is read.
     """
     builtin = BUILTIN_TOOLS.get(name) or _REGISTERED.get(name)
     if builtin is not None:
@@ -76,7 +87,7 @@ def get_tool(name: str, *, refresh: bool = True) -> ToolSpec:
         state = "is disabled" if server is not None else "is not configured"
         raise UnknownTool(f"unknown tool {name!r}: MCP server {server_name!r} {state}")
     found = _find(server, tool_name)
-    if found is None and refresh:
+    if found is None and refresh and (spawn or server.transport != "stdio"):
         server = _rediscover(server)
         found = _find(server, tool_name)
     if found is None:
@@ -99,15 +110,18 @@ def mcp_tool_spec(server: Any, tool: dict[str, Any]) -> ToolSpec:
         config = mcp_client.ServerConfig.from_server(server)
         return mcp_client.call_tool(config, tool_name, arguments, timeout=context.timeout)
 
+    one_tool = f"mcp:{server.name}:{tool_name.lower()}"
     return ToolSpec(
         name=f"{MCP_PREFIX}{server.name}.{tool_name}",
         description=tool.get("description") or "",
         input_schema=tool.get("input_schema") or {"type": "object"},
         output_schema=tool.get("output_schema"),
-        required_scope=server.required_scope,
+        # Never open to everyone: a server saved without a scope needs mcp:<name>.
+        required_scope=server.required_scope or f"mcp:{server.name}",
         timeout_seconds=server.timeout_seconds,
         func=call,
         source=f"mcp:{server.name}",
+        tool_scope=one_tool if _SCOPE_RE.match(one_tool) else None,
     )
 
 
@@ -128,6 +142,10 @@ def _rediscover(server: Any) -> Any:
     from audit.services import Actor
     from pipelines.services import mcp_server_discover
 
+    # cache.add is atomic in Redis: the first caller in a minute wins, the rest read what
+    # is stored.
+    if not cache.add(f"{REDISCOVERY_KEY}:{server.pk}", 1, timeout=REDISCOVERY_SECONDS):
+        return server
     try:
         return mcp_server_discover(server=server, actor=Actor.system("tool-registry"))
     except ToolError as exc:

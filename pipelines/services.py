@@ -30,7 +30,9 @@ def mcp_server_upsert(
 ) -> tuple[McpServer, bool]:
     """Create or update an enabled server; exactly one of `command` and `url` is given.
 
-    `required_scope` defaults to `mcp:<name>`; pass "" for none. Returns (server, created).
+    `required_scope` defaults to (and, blank, means) `mcp:<name>`: a server's tools are
+    never open to every agent. Each tool is also granted alone by `mcp:<name>:<tool>`.
+    Returns (server, created).
     Raises InvalidInput naming the field. Writes `mcp_server.created` / `.updated`.
     """
     if not re.match(SERVER_NAME_PATTERN, name or ""):
@@ -51,7 +53,7 @@ def mcp_server_upsert(
         "url": url,
         "headers": dict(headers or {}),
         "enabled": True,
-        "required_scope": (f"mcp:{name}" if required_scope is None else (required_scope or None)),
+        "required_scope": (required_scope or "").strip() or f"mcp:{name}",
         "timeout_seconds": timeout_seconds,
     }
     with transaction.atomic():

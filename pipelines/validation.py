@@ -220,16 +220,16 @@ def _reference_problems(
 def _check_tool(
     step: dict[str, Any], path: str, scopes: list[str] | None, problems: _Problems
 ) -> None:
-    from ordinaut.scopes import grants
     from pipelines.registry import UnknownTool, get_tool
 
     try:
-        tool = get_tool(step["uses"])
+        # Never start an MCP server to validate a request (this runs in the web process).
+        tool = get_tool(step["uses"], spawn=False)
     except UnknownTool as exc:
         problems.add(f"{path}.uses", exc.message)
         return
-    if scopes is not None and not grants(scopes, tool.required_scope):
-        problems.add(f"{path}.uses", f"{tool.name} needs scope {tool.required_scope!r}")
+    if scopes is not None and not tool.granted_by(scopes):
+        problems.add(f"{path}.uses", f"{tool.name} needs scope {tool.scope_hint()}")
     arguments = step.get("with", {})
     if not isinstance(arguments, dict):
         return

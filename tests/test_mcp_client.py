@@ -13,6 +13,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from ordinaut.embedded import free_port
+from ordinaut.errors import InvalidInput
 from pipelines import mcp_client
 from pipelines.executor import execute
 from pipelines.models import McpServer
@@ -146,11 +147,55 @@ def test_stdio_server_killed_while_idle_is_restarted_transparently(stdio_server)
     assert whoami() != before
 
 
-def test_unknown_tool_triggers_one_rediscovery(stdio_server):
+@pytest.fixture
+def fresh_rediscovery():
+    """No rediscovery of any server happened in the last minute."""
+    from django.core.cache import cache
+
+    from pipelines.registry import REDISCOVERY_KEY
+
+    def clear() -> None:
+        for server in McpServer.objects.all():
+            cache.delete(f"{REDISCOVERY_KEY}:{server.pk}")
+
+    clear()
+    yield clear
+    clear()
+
+
+def test_validating_never_starts_a_stdio_server_the_worker_rediscovers(
+    stdio_server, fresh_rediscovery
+):
     McpServer.objects.filter(pk=stdio_server.pk).update(tools=[])
     payload = {"pipeline": [{"id": "w", "uses": "mcp.brief.forecast", "with": {"city": "X"}}]}
-    assert validate_payload(payload) is payload
+    with pytest.raises(InvalidInput, match="has no tool 'forecast'"):
+        validate_payload(payload)
+    assert McpServer.objects.get(pk=stdio_server.pk).tools == []  # nothing was spawned
+    # The worker may start it: the step's unknown tool makes it rediscover once.
+    _, result = run_step({"id": "w", "uses": "mcp.brief.forecast", "with": {"city": "X"}})
+    assert result.status == "succeeded", result.error
     assert "forecast" in McpServer.objects.get(pk=stdio_server.pk).tool_names()
+
+
+def test_an_unknown_tool_rediscovers_its_server_at_most_once_a_minute(
+    stdio_server, fresh_rediscovery
+):
+    from audit.models import AuditEvent
+
+    McpServer.objects.filter(pk=stdio_server.pk).update(tools=[])
+    before = AuditEvent.objects.filter(action="mcp_server.discovered").count()
+    for _ in range(5):
+        get_tool_or_none("mcp.brief.does_not_exist")
+    assert AuditEvent.objects.filter(action="mcp_server.discovered").count() == before + 1
+
+
+def get_tool_or_none(name: str):
+    from pipelines.registry import UnknownTool
+
+    try:
+        return get_tool(name)
+    except UnknownTool:
+        return None
 
 
 def test_unknown_tool_of_a_known_server_lists_its_tools(stdio_server):
@@ -276,3 +321,46 @@ def test_http_server_crash_and_restart():
         assert whoami("flaky") == server.process.pid != first
     finally:
         server.stop()
+
+
+# -- who may use and configure a server -------------------------------------------------------
+
+
+def test_one_tool_can_be_granted_without_the_rest_of_its_server(stdio_server):
+    forecast = {"id": "w", "uses": "mcp.brief.forecast", "with": {"city": "X"}}
+    notify = {"id": "n", "uses": "mcp.brief.notify", "with": {"message": "hi"}}
+    assert validate_payload({"pipeline": [forecast]}, scopes=["mcp:brief:forecast"])
+    with pytest.raises(InvalidInput) as refused:
+        validate_payload({"pipeline": [notify]}, scopes=["mcp:brief:forecast"])
+    reason = refused.value.details["payload.pipeline[0].uses"][0]
+    assert "'mcp:brief'" in reason
+    assert "'mcp:brief:notify'" in reason
+    assert get_tool("mcp.brief.forecast").describe()["tool_scope"] == "mcp:brief:forecast"
+
+
+def test_a_server_saved_without_a_scope_needs_mcp_name():
+    from audit.services import Actor
+    from pipelines.services import mcp_server_upsert
+
+    server, _ = mcp_server_upsert(
+        name="open", actor=Actor.system("t"), url="http://127.0.0.1:9/mcp", required_scope=""
+    )
+    assert server.required_scope == "mcp:open"
+
+
+def test_only_superusers_configure_mcp_servers(client, stdio_server):
+    from django.contrib.auth.models import Permission, User
+
+    staff = User.objects.create_user("ops", password="pw-for-tests", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(content_type__model="mcpserver"))
+    client.force_login(staff)
+    assert client.get("/admin/pipelines/mcpserver/add/").status_code == 403
+    change = client.post(
+        f"/admin/pipelines/mcpserver/{stdio_server.pk}/change/", {"command": "rm -rf /"}
+    )
+    assert change.status_code == 403
+    assert McpServer.objects.get(pk=stdio_server.pk).command != "rm -rf /"
+
+    root = User.objects.create_superuser("root", password="pw-for-tests")
+    client.force_login(root)
+    assert client.get("/admin/pipelines/mcpserver/add/").status_code == 200

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -81,6 +81,24 @@ class ToolSpec:
     func: Callable[[dict[str, Any], ToolContext], Any] = field(repr=False, compare=False)
     # "builtin", or "mcp:<server>" for tools discovered on an MCP server.
     source: str = "builtin"
+    # A scope granting this one tool besides `required_scope` (MCP: `mcp:<server>:<tool>`,
+    # so a read-only tool can be granted without the server's other tools).
+    tool_scope: str | None = None
+
+    def granted_by(self, scopes: Iterable[str]) -> bool:
+        """True when an agent holding `scopes` may call this tool."""
+        from ordinaut.scopes import grants
+
+        held = set(scopes)
+        return grants(held, self.required_scope) or (
+            self.tool_scope is not None and self.tool_scope in held
+        )
+
+    def scope_hint(self) -> str:
+        """The scope(s) that grant it, for an error message."""
+        if self.tool_scope is None:
+            return repr(self.required_scope)
+        return f"{self.required_scope!r} or {self.tool_scope!r}"
 
     def call(self, arguments: dict[str, Any], context: ToolContext) -> Any:
         """Run the tool; raises ToolError (or anything a buggy tool raises)."""
@@ -108,6 +126,7 @@ class ToolSpec:
             "input_schema": self.input_schema,
             "output_schema": self.output_schema,
             "required_scope": self.required_scope,
+            "tool_scope": self.tool_scope,
             "timeout_seconds": self.timeout_seconds,
             "source": self.source,
         }

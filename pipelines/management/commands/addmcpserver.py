@@ -62,7 +62,10 @@ class Command(BaseCommand):
         parser.add_argument("--env", action="append", default=[], help="stdio KEY=VALUE")
         parser.add_argument("--header", action="append", default=[], help="HTTP KEY=VALUE")
         parser.add_argument(
-            "--scope", default=None, help='scope agents need (default mcp:<name>; "" for none)'
+            "--scope",
+            default=None,
+            help="scope agents need for all its tools (default mcp:<name>; one tool alone: "
+            "mcp:<name>:<tool>)",
         )
         parser.add_argument("--timeout", type=float, default=30, help="per-call seconds")
 
