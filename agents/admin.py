@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from agents.models import Agent, Credential
+from agents.models import BUDGETS, Agent, Credential
 from agents.services import (
     AGENT_UPDATABLE_FIELDS,
     agent_create,
@@ -18,6 +18,7 @@ from agents.services import (
     agent_update,
     clean_scopes,
     credential_revoke,
+    default_budgets,
 )
 from audit.services import Actor
 from ordinaut.errors import Conflict, InvalidInput
@@ -26,7 +27,8 @@ from ordinaut.errors import Conflict, InvalidInput
 class AgentForm(forms.ModelForm):
     class Meta:
         model = Agent
-        fields = ["name", "description", "scopes", "webhook_url", "is_active"]
+        fields = ["name", "description", "scopes", "webhook_url", "is_active", *BUDGETS]
+        help_texts = {name: "Empty: unlimited." for name in BUDGETS}
 
     def clean_scopes(self) -> list[str]:
         # The service's rule, checked here so a bad scope is a form error, not a failed save.
@@ -57,9 +59,12 @@ class AgentAdmin(admin.ModelAdmin):
     search_fields = ["name", "description", "id"]
     date_hierarchy = "created_at"
     readonly_fields = ["id", "status", "paused_at", "created_at", "updated_at"]
-    fields = [
-        "id", "name", "description", "scopes", "webhook_url", "is_active", "status",
-        "paused_at", "created_at",
+    fieldsets = [
+        (None, {"fields": [
+            "id", "name", "description", "scopes", "webhook_url", "is_active", "status",
+            "paused_at", "created_at",
+        ]}),
+        ("Budgets", {"fields": list(BUDGETS)}),
     ]  # fmt: skip
     inlines = [CredentialInline]
     form = AgentForm
@@ -96,6 +101,10 @@ class AgentAdmin(admin.ModelAdmin):
         for message in refused:
             self.message_user(request, message, messages.WARNING)
 
+    def get_changeform_initial_data(self, request) -> dict[str, Any]:  # noqa: ANN001
+        # A new agent's form shows the budgets it will get, so clearing one means unlimited.
+        return {**super().get_changeform_initial_data(request), **default_budgets()}
+
     def save_model(self, request, obj, form, change) -> None:  # noqa: ANN001
         actor = Actor.user(request.user)
         if change:
@@ -109,6 +118,9 @@ class AgentAdmin(admin.ModelAdmin):
             webhook_url=obj.webhook_url,
             actor=actor,
         )
+        budgets = {name: form.cleaned_data[name] for name in BUDGETS}
+        if budgets != agent.budgets:
+            agent_update(agent_id=agent.pk, changes={"budgets": budgets}, actor=actor)
         obj.pk = agent.pk
         obj.created_at = agent.created_at
         messages.warning(
@@ -123,6 +135,9 @@ class AgentAdmin(admin.ModelAdmin):
             for field in form.changed_data
             if field in AGENT_UPDATABLE_FIELDS
         }
+        budgets = {name: form.cleaned_data[name] for name in form.changed_data if name in BUDGETS}
+        if budgets:
+            changes["budgets"] = budgets
         # Unticking "active" is a deactivation: the credentials are revoked with it, as
         # DELETE /agents/{id} does, rather than leaving live keys on an inactive agent.
         deactivate = changes.get("is_active") is False

@@ -10,6 +10,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+# The budgets an operator sets per agent (agents.services.agent_update, the admin).
+BUDGETS = ("max_active_tasks", "max_runs_per_hour", "max_concurrent_runs", "max_llm_tokens_per_day")
+
 
 class AgentStatus(models.TextChoices):
     ACTIVE = "active"
@@ -31,6 +34,11 @@ class Agent(models.Model):
     # the schedule instants that fell in between.
     paused_at = models.DateTimeField(null=True, blank=True)
     deactivated_at = models.DateTimeField(null=True, blank=True)
+    # Budgets (BUDGETS): NULL is unlimited. A new agent gets settings.AGENT_DEFAULT_<NAME>.
+    max_active_tasks = models.PositiveIntegerField(null=True, blank=True)
+    max_runs_per_hour = models.PositiveIntegerField(null=True, blank=True)
+    max_concurrent_runs = models.PositiveIntegerField(null=True, blank=True)
+    max_llm_tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -55,6 +63,10 @@ class Agent(models.Model):
         """When the agent's work stopped (paused or deactivated, the earlier); None: it runs."""
         stops = [self.paused_at, None if self.is_active else self.deactivated_at]
         return min((at for at in stops if at is not None), default=None)
+
+    @property
+    def budgets(self) -> dict[str, int | None]:
+        return {name: getattr(self, name) for name in BUDGETS}
 
     # The API's request.user is the authenticated Agent; DRF's permission checks read these.
     @property

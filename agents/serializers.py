@@ -35,11 +35,25 @@ class AgentUpdateSerializer(StrictSerializer):
     )
     description = serializers.CharField(max_length=2000, required=False, allow_blank=True)
     is_active = serializers.BooleanField(required=False)
+    budgets = serializers.JSONField(
+        required=False,
+        help_text="Partial: {max_active_tasks, max_runs_per_hour, max_concurrent_runs, "
+        "max_llm_tokens_per_day}, each an integer >= 0 or null for unlimited.",
+    )
 
 
 class AgentListQuerySerializer(PageQuerySerializer):
     name_filter = serializers.CharField(required=False, max_length=100)
     scope_filter = serializers.CharField(required=False, max_length=64)
+
+
+class BudgetsSerializer(serializers.Serializer):
+    """An agent's budgets; null is unlimited."""
+
+    max_active_tasks = serializers.IntegerField(allow_null=True)
+    max_runs_per_hour = serializers.IntegerField(allow_null=True)
+    max_concurrent_runs = serializers.IntegerField(allow_null=True)
+    max_llm_tokens_per_day = serializers.IntegerField(allow_null=True)
 
 
 class AgentSerializer(serializers.Serializer):
@@ -56,6 +70,7 @@ class AgentSerializer(serializers.Serializer):
         help_text="active; paused (the kill switch: its work is held); inactive (deactivated).",
     )
     paused_at = serializers.DateTimeField(allow_null=True)
+    budgets = BudgetsSerializer()
     created_at = serializers.DateTimeField()
 
 
@@ -76,6 +91,7 @@ def agent_data(agent: Agent) -> dict[str, Any]:
         "is_active": agent.is_active,
         "status": agent.status,
         "paused_at": iso(agent.paused_at) if agent.paused_at else None,
+        "budgets": agent.budgets,
         "created_at": iso(agent.created_at),
     }
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -15,6 +16,7 @@ from django.utils import timezone
 from agents import tokens
 from agents.credentials import issue_api_key, issue_secret, parse_key_id, verify_secret
 from agents.models import (
+    BUDGETS,
     Agent,
     AgentStatus,
     Credential,
@@ -53,6 +55,43 @@ def clean_scopes(scopes: Iterable[str]) -> list[str]:
     return cleaned
 
 
+# Budget values stay within their columns (PostgreSQL integer / bigint).
+_BUDGET_MAXIMA = {name: 2**31 - 1 for name in BUDGETS} | {"max_llm_tokens_per_day": 10**15}
+
+
+def default_budgets() -> dict[str, int | None]:
+    """A new agent's budgets: settings.AGENT_DEFAULT_<NAME> (unset: unlimited)."""
+    return {
+        "max_active_tasks": settings.AGENT_DEFAULT_MAX_ACTIVE_TASKS,
+        "max_runs_per_hour": settings.AGENT_DEFAULT_MAX_RUNS_PER_HOUR,
+        "max_concurrent_runs": settings.AGENT_DEFAULT_MAX_CONCURRENT_RUNS,
+        "max_llm_tokens_per_day": settings.AGENT_DEFAULT_MAX_LLM_TOKENS_PER_DAY,
+    }
+
+
+def clean_budgets(budgets: Any) -> dict[str, int | None]:
+    """The budgets an update sets, checked: known names, each an integer >= 0 or null
+    (unlimited). Raises InvalidInput naming `budgets.<name>`."""
+    if not isinstance(budgets, dict):
+        raise InvalidInput("budgets: must be an object", details={"budgets": ["not an object"]})
+    problems: dict[str, list[str]] = {}
+    for name, value in budgets.items():
+        if name not in BUDGETS:
+            problems[f"budgets.{name}"] = [f"unknown budget (known: {', '.join(BUDGETS)})"]
+        elif value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 <= value <= _BUDGET_MAXIMA[name]
+        ):
+            problems[f"budgets.{name}"] = [
+                f"must be an integer from 0 to {_BUDGET_MAXIMA[name]}, or null for unlimited"
+            ]
+    if problems:
+        field, reasons = next(iter(problems.items()))
+        raise InvalidInput(f"{field}: {reasons[0]}", details=problems)
+    return dict(budgets)
+
+
 def agent_create(
     *,
     name: str,
@@ -76,8 +115,9 @@ def agent_create(
     try:
         with transaction.atomic():
             agent = Agent.objects.create(
-                name=name, description=description, scopes=scope_list, webhook_url=webhook_url
-            )
+                name=name, description=description, scopes=scope_list, webhook_url=webhook_url,
+                **default_budgets(),
+            )  # fmt: skip
             credential = Credential.objects.create(
                 agent=agent,
                 kind=CredentialKind.SECRET,
@@ -124,7 +164,7 @@ def credential_issue_secret(
 
 
 # Fields agent_update may change; the rest are identity or history.
-AGENT_UPDATABLE_FIELDS = {"name", "description", "scopes", "webhook_url", "is_active"}
+AGENT_UPDATABLE_FIELDS = {"name", "description", "scopes", "webhook_url", "is_active", "budgets"}
 
 
 def _locked_agent(agent_id: Any) -> Agent:
@@ -157,6 +197,11 @@ def agent_update(*, agent_id: Any, changes: dict[str, Any], actor: Actor) -> Age
         changes = {**changes, "name": name}
     if "scopes" in changes:
         changes = {**changes, "scopes": clean_scopes(changes["scopes"])}
+    if "budgets" in changes:
+        # Each budget is a column: a partial object changes only the budgets it names.
+        changes = {key: value for key, value in changes.items() if key != "budgets"} | (
+            clean_budgets(changes["budgets"])
+        )
     try:
         with transaction.atomic():
             agent = _locked_agent(agent_id)

@@ -67,6 +67,14 @@ class Forbidden(OrdinautError):
     status = 403
 
 
+class BudgetExceeded(OrdinautError):
+    """The change would take an agent past one of its budgets; `details` names it:
+    {budget, limit, usage}."""
+
+    code = "budget_exceeded"
+    status = 403
+
+
 class RateLimited(OrdinautError):
     """Too many requests in the caller's window; `details.retry_after` says when to retry.
 

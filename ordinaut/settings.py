@@ -258,6 +258,13 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# -- per-agent budgets: what a new agent gets (unset: unlimited); operators change them per
+# agent in the admin or with PATCH /agents/{id} {"budgets": {...}}.
+AGENT_DEFAULT_MAX_ACTIVE_TASKS = env.int("AGENT_DEFAULT_MAX_ACTIVE_TASKS", default=None)
+AGENT_DEFAULT_MAX_RUNS_PER_HOUR = env.int("AGENT_DEFAULT_MAX_RUNS_PER_HOUR", default=None)
+AGENT_DEFAULT_MAX_CONCURRENT_RUNS = env.int("AGENT_DEFAULT_MAX_CONCURRENT_RUNS", default=None)
+AGENT_DEFAULT_MAX_LLM_TOKENS_PER_DAY = env.int("AGENT_DEFAULT_MAX_LLM_TOKENS_PER_DAY", default=None)
+
 # -- queue and scheduler (names kept from the original project) ------------------------------
 SCHEDULER_MISFIRE_GRACE_TIME = env.int("SCHEDULER_MISFIRE_GRACE_TIME", default=30)
 WORKER_LEASE_SECONDS = env.int("WORKER_LEASE_SECONDS", default=60)

@@ -37,6 +37,7 @@ urlpatterns = [
     *route("agents/auth/refresh", agents_api.TokenRefreshApi.as_view(), "auth-refresh"),
     *route("agents/auth/revoke", agents_api.TokenRevokeApi.as_view(), "auth-revoke"),
     *route("agents/<uuid:agent_id>", agents_api.AgentDetailApi.as_view(), "agent"),
+    *route("agents/<uuid:agent_id>/usage", tasks_api.AgentUsageApi.as_view(), "agent-usage"),
     *route(
         "agents/<uuid:agent_id>/pause",
         agents_api.AgentPauseApi.as_view(action="pause"),

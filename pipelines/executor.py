@@ -22,12 +22,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from ordinaut.correlation import reset_correlation_id, set_correlation_id
@@ -410,7 +410,49 @@ class _Execution:
             tool.check_input(arguments)
         except ToolError as exc:
             return current.fail(exc.message, retryable=False)
+        if tool.name.startswith(LLM_PREFIX):
+            spent = self._llm_budget_spent()
+            if spent is not None:
+                return current.fail(spent, retryable=False)
         return tool, arguments
+
+    def _llm_budget_spent(self) -> str | None:
+        """The step's failure when the agent used up max_llm_tokens_per_day, else None."""
+        from tasks.models import AgentLlmUsage, Task
+
+        limit = (
+            Task.objects.filter(pk=self.task.pk)
+            .values_list("created_by__max_llm_tokens_per_day", flat=True)
+            .first()
+        )
+        if limit is None:
+            return None
+        today = timezone.now().astimezone(UTC).date()
+        used = (
+            AgentLlmUsage.objects.filter(agent_id=self.agent.pk, day=today)
+            .values_list("tokens", flat=True)
+            .first()
+        ) or 0
+        if used < limit:
+            return None
+        return (
+            f"budget_exceeded: agent {self.agent.name!r} used {used} LLM tokens today; its "
+            f"max_llm_tokens_per_day budget is {limit}"
+        )
+
+    def _record_llm_usage(self, output: Any) -> None:
+        """Add the tokens an llm.* step's endpoint reported to the agent's day."""
+        usage = output.get("usage") if isinstance(output, dict) else None
+        tokens = _reported_tokens(usage)
+        if tokens <= 0:
+            return
+        today = timezone.now().astimezone(UTC).date()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(ADD_LLM_USAGE, [str(self.agent.pk), today, tokens])
+        except DatabaseError as exc:
+            # The answer is in hand; failing the step would only make a retry pay again.
+            logger.warning("run %s: LLM usage not recorded: %s", self.run_row.pk, exc)
 
     def _call_with_retries(
         self, current: _StepRun, tool: ToolSpec, arguments: dict[str, Any], resumed: dict | None
@@ -477,6 +519,8 @@ class _Execution:
         except Exception as exc:
             logger.exception("run %s step %s (%s) raised", self.run_row.pk, current.name, tool.name)
             return _StepFailure(f"{type(exc).__name__}: {exc}", retryable=True)
+        if tool.name.startswith(LLM_PREFIX):
+            self._record_llm_usage(result)
         current.finish(StepStatus.SUCCEEDED, output=result)
         self._publish(current.step, current.name, result)
         return None
@@ -556,6 +600,24 @@ class _Execution:
         if not updated:
             raise _LeaseLost
         self.run_row.steps = steps
+
+
+# One agent's LLM tokens for the day, added atomically (concurrent steps each add theirs).
+ADD_LLM_USAGE = """
+INSERT INTO tasks_agentllmusage (agent_id, day, tokens) VALUES (%s, %s, %s)
+ON CONFLICT (agent_id, day) DO UPDATE SET tokens = tasks_agentllmusage.tokens + EXCLUDED.tokens
+"""
+LLM_PREFIX = "llm."
+
+
+def _reported_tokens(usage: Any) -> int:
+    """Tokens an OpenAI-style `usage` reports: total_tokens, else prompt + completion."""
+    if not isinstance(usage, dict):
+        return 0
+    numbers = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+    if "total_tokens" in numbers:
+        return max(numbers["total_tokens"], 0)
+    return max(numbers.get("prompt_tokens", 0) + numbers.get("completion_tokens", 0), 0)
 
 
 def _retrying_database(query: Callable[[], Any], *, deadline: float | None) -> Any:

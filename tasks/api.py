@@ -23,6 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents import selectors as agent_selectors
 from agents.permissions import HasScope, acting_agent, is_admin, require_publisher
 from agents.throttles import AgentRateThrottle
 from audit.services import Actor
@@ -36,9 +37,11 @@ from ordinaut.api import (
     parse_body,
     parse_query,
 )
-from tasks import approvals, events, selectors, services
+from ordinaut.errors import NotFound
+from tasks import approvals, budgets, events, selectors, services
 from tasks.models import TaskStatus
 from tasks.serializers import (
+    AgentUsageSerializer,
     ApprovalDecisionSerializer,
     ApprovalListQuerySerializer,
     ApprovalListSerializer,
@@ -476,6 +479,33 @@ class RunStatsSummaryApi(_RunReadApi):
     def get(self, request: Request) -> Response:
         days = parse_query(StatsQuerySerializer, request).get("days", 7)
         return Response(selectors.run_stats_summary(viewer(request), days=days))
+
+
+# -- an agent's budgets ----------------------------------------------------------------------
+
+
+class AgentUsageApi(APIView):
+    """GET /agents/{id}/usage: the agent itself, or `admin`. (Here, not in agents/api.py:
+    what it counts is tasks and runs.)"""
+
+    permission_classes = [HasScope]
+    required_scope = None  # the agent itself or admin: checked in get()
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = "reads"
+
+    @extend_schema(
+        operation_id="agents_usage",
+        responses={200: AgentUsageSerializer},
+        description=(
+            "Usage against each budget now: active tasks, runs started in the past hour, "
+            "runs running, LLM tokens today (UTC). A limit of null is unlimited."
+        ),
+    )
+    def get(self, request: Request, agent_id: str) -> Response:
+        if str(request.user.pk) != str(agent_id) and not is_admin(request):
+            raise NotFound(f"agent {agent_id} not found")
+        agent = agent_selectors.agent_get(agent_id=agent_id)
+        return Response(budgets.agent_usage(agent))
 
 
 # -- events ----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from ordinaut.errors import Forbidden, InvalidInput
 from ordinaut.scopes import may_publish, may_receive
 from pipelines.conditions import ConditionError, evaluate_condition
 from tasks import queue as occurrence_queue
+from tasks.budgets import hourly_room
 from tasks.delivery.outbox import outbox_add
 from tasks.models import Event, ScheduleKind, SkipReason, Task, TaskStatus
 from tasks.services import record_skipped
@@ -140,6 +141,24 @@ def triggered_tasks(
     return targets, held
 
 
+def _within_budget(
+    targets: list[occurrence_queue.EventTarget],
+) -> tuple[list[occurrence_queue.EventTarget], list[str]]:
+    """(targets whose agent's max_runs_per_hour leaves room, task ids of the others)."""
+    room = hourly_room({target.agent_id for target in targets})
+    kept: list[occurrence_queue.EventTarget] = []
+    over: list[str] = []
+    for target in targets:
+        if target.agent_id not in room:
+            kept.append(target)
+        elif room[target.agent_id] > 0:
+            room[target.agent_id] -= 1
+            kept.append(target)
+        else:
+            over.append(target.task_id)
+    return kept, over
+
+
 def _first_with_key(source: Agent | None, idempotency_key: str) -> Event | None:
     """The source's event stored under `idempotency_key`, serialising racing retries of it.
 
@@ -184,12 +203,15 @@ def event_publish(
         )
         document = event_document(topic, payload, source.pk if source else None)
         targets, held = triggered_tasks(document)
-        for task_id in held:
-            # A paused agent's task would have fired: the ledger says so, nothing is queued.
-            record_skipped(
-                task_id, [event.published_at], reason=SkipReason.AGENT_PAUSED,
-                now=event.published_at, details={"event_id": str(event.id)},
-            )  # fmt: skip
+        targets, over_budget = _within_budget(targets)
+        for reason, task_ids in ((SkipReason.AGENT_PAUSED, held),
+                                 (SkipReason.BUDGET_EXCEEDED, over_budget)):  # fmt: skip
+            for task_id in task_ids:
+                # A task that would have fired: the ledger says why nothing was queued.
+                record_skipped(
+                    task_id, [event.published_at], reason=reason,
+                    now=event.published_at, details={"event_id": str(event.id)},
+                )  # fmt: skip
         event.triggered_tasks = occurrence_queue.enqueue_for_event(
             event_id=event.id,
             at=event.published_at,

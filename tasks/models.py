@@ -214,6 +214,10 @@ class Occurrence(models.Model):
             models.Index(
                 fields=["leased_until"], name="occurrence_lease_idx", condition=Q(state="leased")
             ),
+            # An agent's running count, for its max_concurrent_runs budget at claim time.
+            models.Index(
+                fields=["agent"], name="occurrence_leased_agent_idx", condition=Q(state="leased")
+            ),
         ]
         constraints = [
             models.UniqueConstraint(fields=["task", "scheduled_for"], name="occurrence_once"),
@@ -363,6 +367,7 @@ class SkipReason(models.TextChoices):
     CANCELED = "canceled"  # was queued when the task was canceled
     RESCHEDULED = "rescheduled"  # was queued when the task's schedule was changed
     AGENT_PAUSED = "agent_paused"  # fell due while its agent was paused or inactive
+    BUDGET_EXCEEDED = "budget_exceeded"  # its agent had used up max_runs_per_hour
 
 
 class SkippedOccurrence(models.Model):
@@ -661,3 +666,23 @@ class WebhookAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number}: {self.status_code or self.error[:40]}"
+
+
+# -- budgets ------------------------------------------------------------------------------------
+
+
+class AgentLlmUsage(models.Model):
+    """Tokens an agent's llm.* steps used on one UTC day, as the endpoints reported them:
+    what its max_llm_tokens_per_day budget is checked against."""
+
+    agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "day"], name="llm_usage_once_per_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} {self.day}: {self.tokens}"

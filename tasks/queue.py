@@ -237,19 +237,47 @@ FROM leased l JOIN runs r ON r.occurrence_id = l.id
 ORDER BY l.priority DESC, l.run_at
 """
 
+# Both claims pass over an agent whose work is held right now (the NOT EXISTS on
+# agents_agent, the same in each): paused, inactive, or already running as many occurrences
+# as its max_concurrent_runs budget allows. The count runs only for agents with that budget
+# (occurrence_leased_agent_idx).
+#
 # Claim a batch of due, queued occurrences without a concurrency key, most urgent first.
 # SELECT ... FOR UPDATE SKIP LOCKED locks the rows it returns and skips rows other workers
-# hold, so two workers claiming at once get disjoint batches. A paused or inactive agent's
-# occurrences are passed over (both claims): they wait, queued, until it runs again.
+# hold, so two workers claiming at once get disjoint batches. A held agent's occurrences
+# (paused, inactive, at its concurrency budget) are passed over by both claims: they wait,
+# queued, until it may run again, and other agents' work goes on.
+#
+# A batch takes no more of one agent's occurrences than its max_concurrent_runs leaves room
+# for (`capped`, by rank within the agent); the rows it locked but leaves are queued still.
+# Two workers claiming for the same capped agent at the same instant each count what was
+# running when their statement began, so together they may start more than the budget for
+# as long as those runs last.
 _PICK_UNKEYED = """
-WITH picked AS (
-    SELECT id FROM tasks_occurrence
-    WHERE state = 'queued' AND run_at <= statement_timestamp() AND concurrency_key IS NULL
-      AND NOT EXISTS (SELECT 1 FROM agents_agent AS a WHERE a.id = tasks_occurrence.agent_id
-                      AND (a.paused_at IS NOT NULL OR NOT a.is_active))
-    ORDER BY priority DESC, run_at
+WITH candidates AS (
+    SELECT o.id, o.agent_id, o.priority, o.run_at FROM tasks_occurrence AS o
+    WHERE o.state = 'queued' AND o.run_at <= statement_timestamp()
+      AND o.concurrency_key IS NULL
+      AND NOT EXISTS (SELECT 1 FROM agents_agent AS a WHERE a.id = o.agent_id AND (
+          a.paused_at IS NOT NULL OR NOT a.is_active
+          OR CASE WHEN a.max_concurrent_runs IS NULL THEN false
+                  ELSE a.max_concurrent_runs <= (SELECT count(*) FROM tasks_occurrence AS r
+                                                 WHERE r.state = 'leased' AND r.agent_id = a.id)
+             END))
+    ORDER BY o.priority DESC, o.run_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), capped AS (
+    SELECT c.id, a.max_concurrent_runs AS cap,
+           row_number() OVER (PARTITION BY c.agent_id ORDER BY c.priority DESC, c.run_at) AS n,
+           c.agent_id
+    FROM candidates AS c JOIN agents_agent AS a ON a.id = c.agent_id
+), picked AS (
+    SELECT id FROM capped
+    WHERE CASE WHEN cap IS NULL THEN true
+               ELSE n + (SELECT count(*) FROM tasks_occurrence AS r
+                         WHERE r.state = 'leased' AND r.agent_id = capped.agent_id) <= cap
+          END
 )"""
 CLAIM = _PICK_UNKEYED + _LEASE_PICKED
 
@@ -267,8 +295,12 @@ WITH picked AS (
           WHERE running.state = 'leased' AND running.agent_id = o.agent_id
             AND running.concurrency_key = o.concurrency_key)
       AND (%(keys)s::text[] IS NULL OR concurrency_key = ANY(%(keys)s::text[]))
-      AND NOT EXISTS (SELECT 1 FROM agents_agent AS a WHERE a.id = o.agent_id
-                      AND (a.paused_at IS NOT NULL OR NOT a.is_active))
+      AND NOT EXISTS (SELECT 1 FROM agents_agent AS a WHERE a.id = o.agent_id AND (
+          a.paused_at IS NOT NULL OR NOT a.is_active
+          OR CASE WHEN a.max_concurrent_runs IS NULL THEN false
+                  ELSE a.max_concurrent_runs <= (SELECT count(*) FROM tasks_occurrence AS r
+                                                 WHERE r.state = 'leased' AND r.agent_id = a.id)
+             END))
     ORDER BY priority DESC, run_at
     LIMIT 1
     FOR UPDATE SKIP LOCKED

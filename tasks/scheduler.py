@@ -35,6 +35,7 @@ from django.utils import timezone
 from agents.services import revoked_tokens_prune
 from ordinaut.database import Listener
 from tasks import approvals, schedules
+from tasks.budgets import hourly_room
 from tasks.channels import SCHEDULER_CHANNEL, WORKER_CHANNEL, notify
 from tasks.delivery import outbox, streams, webhooks
 from tasks.models import MisfirePolicy, SchedulerHeartbeat, SkipReason
@@ -153,6 +154,20 @@ def plan_task(
     return plan
 
 
+def _within_budget(
+    plan: TaskPlan, room: dict[str, int], agent_id: str
+) -> list[tuple[datetime, datetime]]:
+    """The plan's occurrences its agent's max_runs_per_hour leaves room for (taking that
+    room); the rest move to the plan's ledger as `budget_exceeded`."""
+    if agent_id not in room:
+        return plan.enqueue
+    allowed = plan.enqueue[: room[agent_id]]
+    room[agent_id] -= len(allowed)
+    over = plan.enqueue[len(allowed) :]
+    plan.skipped += [(instant, SkipReason.BUDGET_EXCEEDED) for instant, _ in over]
+    return allowed
+
+
 @dataclass
 class BatchResult:
     tasks: int = 0
@@ -233,6 +248,8 @@ class Scheduler:
             occurrences: list[dict[str, Any]] = []
             advances: list[dict[str, Any]] = []
             earliest_run_at: datetime | None = None
+            # Agents with a max_runs_per_hour budget: how many more they may queue now.
+            room = hourly_room({row[8] for row in rows if not row[9]}, now=now)
             for (
                 task_id,
                 kind,
@@ -251,17 +268,15 @@ class Scheduler:
                 plan = self._plan(
                     task_id, kind, expr, tz, next_run_at, policy, now, horizon, next_fn
                 )
+                plan.enqueue = _within_budget(plan, room, str(agent_id))
                 for instant, run_at in plan.enqueue:
                     occurrences.append(
                         {
-                            "task_id": str(task_id),
-                            "scheduled_for": instant.isoformat(),
-                            "run_at": run_at.isoformat(),
-                            "priority": priority,
-                            "concurrency_key": key,
-                            "agent_id": str(agent_id),
+                            "task_id": str(task_id), "scheduled_for": instant.isoformat(),
+                            "run_at": run_at.isoformat(), "priority": priority,
+                            "concurrency_key": key, "agent_id": str(agent_id),
                         }
-                    )
+                    )  # fmt: skip
                     result.lags.append(instant.timestamp())
                     if earliest_run_at is None or run_at < earliest_run_at:
                         earliest_run_at = run_at

@@ -456,3 +456,21 @@ def approval_data(approval: Any) -> dict[str, Any]:
         "comment": approval.comment,
         "decided_at": iso(approval.decided_at),
     }
+
+
+# -- budgets ------------------------------------------------------------------------------------
+
+
+class BudgetUsageSerializer(serializers.Serializer):
+    limit = serializers.IntegerField(allow_null=True, help_text="null: unlimited")
+    usage = serializers.IntegerField()
+
+
+class AgentUsageSerializer(serializers.Serializer):
+    agent_id = serializers.UUIDField()
+    at = serializers.DateTimeField()
+    budgets = serializers.DictField(
+        child=BudgetUsageSerializer(),
+        help_text="max_active_tasks, max_runs_per_hour, max_concurrent_runs, "
+        "max_llm_tokens_per_day",
+    )

@@ -25,6 +25,7 @@ from ordinaut.database import advisory_xact_lock
 from ordinaut.errors import Conflict, InvalidInput, NotFound
 from tasks import queue as occurrence_queue
 from tasks import schedules
+from tasks.budgets import require_active_task_room
 from tasks.channels import SCHEDULER_CHANNEL, WORKER_CHANNEL, notify
 from tasks.delivery.outbox import outbox_add
 from tasks.models import (
@@ -191,6 +192,8 @@ def task_create(
 def _insert_task(task: Task, *, actor: Actor) -> None:
     """Save a validated new task with its outbox message and audit row; wake the scheduler."""
     with transaction.atomic():
+        if task.status == TaskStatus.ACTIVE:
+            require_active_task_room(task.created_by_id)
         task.save(force_insert=True)
         outbox_add(type="task.created", task_id=task.id)
         record(
@@ -270,6 +273,8 @@ def task_update(
         for field, value in changes.items():
             setattr(task, field, value)
         revalidate_changes(task, changes, now)
+        if before.get("status", TaskStatus.ACTIVE) != TaskStatus.ACTIVE == task.status:
+            require_active_task_room(task.created_by_id)
         schedule_changed = bool(SCHEDULE_FIELDS & set(changes)) or "status" in changes
         if schedule_changed:
             _drop_queued(task, reason=SkipReason.RESCHEDULED, now=now)
@@ -329,6 +334,7 @@ def task_resume(*, task_id: Any, actor: Actor, now: datetime | None = None) -> T
         task = _transition(
             task_id, allowed_from={TaskStatus.PAUSED}, to=TaskStatus.ACTIVE, action="resume"
         )
+        require_active_task_room(task.created_by_id)
         paused_at = task.paused_at or now
         missed = instants_between(task, paused_at, now, LEDGER_LIMIT)
         record_skipped(task.id, missed, reason=SkipReason.PAUSED, now=now)

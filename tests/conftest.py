@@ -81,3 +81,19 @@ def run_manage(*args: str, env: dict[str, str], timeout: float = 60) -> subproce
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+def pipeline_threads_gone(timeout: float = 15) -> None:
+    """Wait for a stopped worker's pool threads ("run_N") to exit, then collect garbage.
+
+    Their database connections close only when the thread's storage is collected; a test
+    database cannot be dropped while one is open.
+    """
+    import gc
+    import threading
+
+    wait_for(
+        lambda: not any(t.name.startswith("run") for t in threading.enumerate()),
+        timeout, "pipeline threads outlived the worker",
+    )  # fmt: skip
+    gc.collect()

@@ -8,7 +8,6 @@ following each task's misfire policy. Deactivation does the same and refuses cre
 
 from __future__ import annotations
 
-import gc
 import threading
 from datetime import timedelta
 
@@ -40,7 +39,7 @@ from tests.api_support import (  # noqa: F401 (fixtures)
     fresh_throttles,
     task_body,
 )
-from tests.conftest import wait_for
+from tests.conftest import pipeline_threads_gone, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -257,12 +256,7 @@ def test_a_running_run_stops_at_the_next_step_and_is_not_a_retry(agents):
     finally:
         stop.set()
         worker.join(timeout=30)
-        # The pool's threads exit after the worker; their connections close with them.
-        wait_for(
-            lambda: not any(t.name.startswith("run") for t in threading.enumerate()),
-            15, "pipeline threads outlived the worker",
-        )  # fmt: skip
-        gc.collect()
+        pipeline_threads_gone()
     finished = Run.objects.get(task=task, status=RunStatus.SUCCEEDED)
     assert finished.attempt == 2
     assert [step["status"] for step in finished.steps] == ["reused", "succeeded"]

@@ -8,7 +8,7 @@ from asgiref.sync import async_to_sync
 from mcp import Client
 
 from agents.mcp_server import build_server
-from agents.throttles import AgentRateThrottle
+from agents.throttles import AgentRateThrottle, breaker
 from audit.models import AuditEvent
 from tests.api_support import (  # noqa: F401 (fixtures)
     agent_with_key,
@@ -27,6 +27,8 @@ pytestmark = pytest.mark.django_db
 def clock(monkeypatch):
     fake = FakeClock()
     monkeypatch.setattr(AgentRateThrottle, "clock", fake)
+    # A Redis outage tested elsewhere may have opened the breaker on another clock.
+    monkeypatch.setattr(breaker, "_open_until", 0.0)
     return fake
 
 
