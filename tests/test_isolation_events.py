@@ -11,9 +11,7 @@ import json
 import uuid
 
 import pytest
-import redis
 from asgiref.sync import async_to_sync
-from django.conf import settings as django_settings
 from mcp import Client
 
 from agents.mcp_server import build_server
@@ -27,6 +25,7 @@ from tests.api_support import (  # noqa: F401 (fixtures)
     fresh_throttles,
     task_body,
 )
+from tests.test_streams import inbound  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -169,20 +168,11 @@ def test_over_mcp_the_same_rules_hold(api):
     assert Event.objects.count() == 1
 
 
-@pytest.fixture
-def inbound(settings):
-    settings.INBOUND_EVENT_STREAM = f"test:in:{uuid.uuid4().hex}"
-    client = redis.Redis.from_url(django_settings.REDIS_URL, decode_responses=True)
-    yield settings.INBOUND_EVENT_STREAM, client
-    client.delete(settings.INBOUND_EVENT_STREAM)
-    client.close()
-
-
 def stream_entry(agent_id, topic="orders.paid"):
     return {"topic": topic, "payload": json.dumps({}), "source_agent_id": str(agent_id)}
 
 
-def test_the_inbound_stream_follows_the_same_rule(inbound, api):
+def test_the_inbound_stream_follows_the_same_rule(inbound, api):  # noqa: F811
     key, client = inbound
     alice, _ = agent_with_key([*BASE, "events:publish:orders.*"])
     _, bob_key = agent_with_key(BASE)
