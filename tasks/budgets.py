@@ -9,7 +9,8 @@ where its work starts:
   (tasks/queue.py `_AGENT_NOT_HELD`);
 - `max_runs_per_hour`: the scheduler and the event fan-out queue an agent's occurrences only
   while its runs of the past hour plus its queued ones stay under the budget; the others
-  are ledgered as `budget_exceeded` (`hourly_room`);
+  are ledgered as `budget_exceeded` (`hourly_room`); a run-now past it is refused
+  (`require_hourly_room`);
 - `max_llm_tokens_per_day`: an `llm.*` step checks the tokens used today before it calls
   the endpoint and adds what the endpoint reports after (pipelines/executor.py).
 
@@ -62,27 +63,42 @@ def require_active_task_room(agent_id: Any) -> None:
 
 # Room left under max_runs_per_hour for each of `ids` that has the budget: the budget less
 # the runs started in the past hour and the occurrences already waiting in the queue.
-HOURLY_ROOM = """
-SELECT a.id, a.max_runs_per_hour
-       - (SELECT count(*) FROM tasks_run AS r JOIN tasks_task AS t ON t.id = r.task_id
-          WHERE t.created_by_id = a.id AND r.started_at > %(since)s)
-       - (SELECT count(*) FROM tasks_occurrence AS o
+HOURLY_USE = """
+SELECT a.id, a.max_runs_per_hour,
+       (SELECT count(*) FROM tasks_run AS r JOIN tasks_task AS t ON t.id = r.task_id
+        WHERE t.created_by_id = a.id AND r.started_at > %(since)s)
+       + (SELECT count(*) FROM tasks_occurrence AS o
           WHERE o.agent_id = a.id AND o.state = 'queued')
 FROM agents_agent AS a
 WHERE a.id = ANY(%(ids)s::uuid[]) AND a.max_runs_per_hour IS NOT NULL
 """
 
 
-def hourly_room(agent_ids: Iterable[Any], *, now: datetime | None = None) -> dict[str, int]:
-    """{agent id: occurrences it may still queue this hour} for the agents that have a
-    max_runs_per_hour budget (the others are unlimited and absent)."""
+def _hourly_use(agent_ids: Iterable[Any], now: datetime | None) -> dict[str, tuple[int, int]]:
+    """{agent id: (max_runs_per_hour, runs of the past hour + queued)} for budgeted agents."""
     ids = sorted({str(agent_id) for agent_id in agent_ids})
     if not ids:
         return {}
     since = (now or timezone.now()) - HOUR
     with connection.cursor() as cursor:
-        cursor.execute(HOURLY_ROOM, {"ids": ids, "since": since})
-        return {str(agent_id): max(room, 0) for agent_id, room in cursor.fetchall()}
+        cursor.execute(HOURLY_USE, {"ids": ids, "since": since})
+        return {str(agent_id): (limit, used) for agent_id, limit, used in cursor.fetchall()}
+
+
+def hourly_room(agent_ids: Iterable[Any], *, now: datetime | None = None) -> dict[str, int]:
+    """{agent id: occurrences it may still queue this hour} for the agents that have a
+    max_runs_per_hour budget (the others are unlimited and absent)."""
+    return {
+        agent_id: max(limit - used, 0)
+        for agent_id, (limit, used) in _hourly_use(agent_ids, now).items()
+    }
+
+
+def require_hourly_room(agent_id: Any, *, now: datetime | None = None) -> None:
+    """Raise BudgetExceeded when the agent may queue no more runs this hour (run now)."""
+    found = _hourly_use([agent_id], now).get(str(agent_id))
+    if found is not None and found[1] >= found[0]:
+        raise exceeded("max_runs_per_hour", found[0], found[1], "runs this hour (with queued)")
 
 
 def llm_tokens_today(agent_id: Any, *, now: datetime | None = None) -> int:

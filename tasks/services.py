@@ -25,7 +25,7 @@ from ordinaut.database import advisory_xact_lock
 from ordinaut.errors import Conflict, InvalidInput, NotFound
 from tasks import queue as occurrence_queue
 from tasks import schedules
-from tasks.budgets import require_active_task_room
+from tasks.budgets import require_active_task_room, require_hourly_room
 from tasks.channels import SCHEDULER_CHANNEL, WORKER_CHANNEL, notify
 from tasks.delivery.outbox import outbox_add
 from tasks.models import (
@@ -477,6 +477,7 @@ def task_run_now(*, task_id: Any, actor: Actor, now: datetime | None = None) -> 
         task = _locked(task_id)
         if task.status == TaskStatus.CANCELED:
             raise Conflict("task is canceled; it cannot run", details={"status": task.status})
+        require_hourly_room(task.created_by_id, now=now)
         occurrence = occurrence_queue.enqueue_manual(task, now=now)
         record(
             actor=actor,

@@ -281,3 +281,29 @@ def test_the_admin_action_needs_the_decide_permission_not_just_staff(parked, cli
     )
     approval.refresh_from_db()
     assert approval.status == "approved"
+
+
+def test_over_mcp_an_outsider_neither_lists_nor_decides(parked):
+    from asgiref.sync import async_to_sync
+    from mcp import Client
+
+    from agents.mcp_server import build_server
+
+    _, _, approval = parked
+    outsider, _ = make_agent(scopes=["approvals:decide"])
+    key = api_key_for(outsider)
+
+    async def scenario():
+        async with Client(build_server(stdio_token=key)) as client:
+            listed = await client.call_tool("list_approvals", {})
+            decided = await client.call_tool(
+                "decide_approval", {"approval_id": str(approval.id), "decision": "approve"}
+            )
+            return listed, decided
+
+    listed, decided = async_to_sync(scenario)()
+    assert listed.structured_content["items"] == []
+    assert decided.is_error
+    assert "404 not_found" in decided.content[0].text
+    approval.refresh_from_db()
+    assert approval.status == "pending"

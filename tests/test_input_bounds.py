@@ -107,3 +107,24 @@ def json_with(body: dict, field: str, value: int) -> str:
 
     text = json.dumps(body)
     return text.replace(f'"{field}": 0', f'"{field}": {value}')
+
+
+def test_over_mcp_the_same_maxima_hold(client_):
+    from asgiref.sync import async_to_sync
+    from mcp import Client
+
+    from agents.mcp_server import build_server
+
+    async def scenario():
+        async with Client(build_server(stdio_token=client_.token)) as client:
+            return await client.call_tool(
+                "create_task",
+                {"title": "t", "schedule_kind": "once", "schedule_expr": "2099-01-01T00:00:00Z",
+                 "max_retries": 21, "payload": one_step("debug.sleep", seconds=1)},
+            )  # fmt: skip
+
+    result = async_to_sync(scenario)()
+    assert result.is_error
+    assert "422" in result.content[0].text
+    assert "max_retries" in result.content[0].text
+    assert not Task.objects.exists()

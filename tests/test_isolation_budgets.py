@@ -185,6 +185,16 @@ def test_past_max_runs_per_hour_occurrences_are_ledgered_not_queued(admin, agent
     assert (ledgered.reason, ledgered.scheduled_for) == ("budget_exceeded", at)
 
 
+def test_run_now_past_max_runs_per_hour_is_403(admin, agent):
+    target, client = agent
+    set_budgets(admin, target, max_runs_per_hour=1)
+    task = client.post("/tasks", task_body()).json()
+    assert client.post(f"/tasks/{task['id']}/run_now").status_code == 200
+    error = assert_error(client.post(f"/tasks/{task['id']}/run_now"), 403, "budget_exceeded")
+    assert error["details"] == {"budget": "max_runs_per_hour", "limit": 1, "usage": 1}
+    assert Occurrence.objects.filter(task_id=task["id"]).count() == 1
+
+
 def test_events_respect_max_runs_per_hour_too(admin, agent):
     target, client = agent
     set_budgets(admin, target, max_runs_per_hour=1)
