@@ -143,12 +143,11 @@ def _authenticate_jwt(raw: str) -> tuple[Agent, Grant]:
         claims = tokens.read(raw, tokens.ACCESS)
     except tokens.InvalidToken as exc:
         raise exceptions.AuthenticationFailed(f"Invalid token: {exc}.") from exc
-    revoked_ids = [claims.jti] + ([claims.refresh_jti] if claims.refresh_jti else [])
     found = _credential(
         key_id=claims.credential_key_id,
         kinds=CredentialKind.values,
         agent_id=claims.agent_id,
-        jtis=revoked_ids,
+        jtis=claims.revocation_ids,
     )
     if found is None:
         raise exceptions.AuthenticationFailed("Invalid token.")

@@ -412,8 +412,11 @@ def token_exchange(*, agent_id: str, agent_secret: str | None) -> tuple[Agent, t
 def token_refresh(*, refresh_token: str) -> tuple[Agent, tokens.TokenPair]:
     """Rotate a refresh token: the presented one is revoked, a new pair is returned.
 
-    The new tokens carry the agent's current scopes. A refresh token presented twice (a
-    stolen copy racing its owner) is refused the second time. Raises Unauthenticated.
+    The new tokens carry the agent's current scopes and stay in the presented token's
+    family. A refresh token presented again after it was rotated is a stolen copy racing
+    its owner: it is refused, and its whole family — every token minted from it since — is
+    revoked (audited as `credential.refresh_reuse`), so the thief's heirs die too; the owner
+    exchanges its secret again. Raises Unauthenticated.
     """
     try:
         claims = tokens.read(refresh_token, tokens.REFRESH)
@@ -427,6 +430,9 @@ def token_refresh(*, refresh_token: str) -> tuple[Agent, tokens.TokenPair]:
         )
         if credential is None or not credential.is_usable() or not credential.agent.is_active:
             raise Unauthenticated("Agent not found, inactive, or credential revoked")
+        family = claims.family or claims.jti
+        if RevokedToken.objects.filter(jti=tokens.family_id(family)).exists():
+            raise Unauthenticated("Token has been revoked")
         _, created = RevokedToken.objects.get_or_create(
             jti=claims.jti,
             defaults={
@@ -435,17 +441,42 @@ def token_refresh(*, refresh_token: str) -> tuple[Agent, tokens.TokenPair]:
                 "expires_at": claims.expires_at,
             },
         )
-        if not created:
-            raise Unauthenticated("Token has been revoked")
-        agent = credential.agent
-        pair = tokens.mint_pair(agent, credential)
-        record(
-            actor=Actor.agent(agent),
-            action="token.refreshed",
-            subject=agent,
-            details={"revoked_jti": claims.jti, "credential": credential.key_id},
-        )
+        reused = not created
+        if not reused:
+            agent = credential.agent
+            pair = tokens.mint_pair(agent, credential, family=family)
+            record(
+                actor=Actor.agent(agent),
+                action="token.refreshed",
+                subject=agent,
+                details={"revoked_jti": claims.jti, "credential": credential.key_id},
+            )
+    if reused:
+        # Committed before the refusal is raised: the revocation must outlive this request.
+        _revoke_family(claims, credential)
+        raise Unauthenticated("Token has been revoked")
     return agent, pair
+
+
+def _revoke_family(claims: tokens.TokenClaims, credential: Credential) -> None:
+    """End every token of the presented refresh token's family, and say so in the audit."""
+    family = claims.family or claims.jti
+    with transaction.atomic():
+        RevokedToken.objects.get_or_create(
+            jti=tokens.family_id(family),
+            defaults={
+                "agent_id": claims.agent_id,
+                "token_type": "family",
+                # The family's youngest token can live one refresh lifetime from now.
+                "expires_at": timezone.now() + settings.SIMPLE_JWT["REFRESH_TOKEN_LIFETIME"],
+            },
+        )
+        record(
+            actor=Actor.agent(credential.agent),
+            action="credential.refresh_reuse",
+            subject=credential.agent,
+            details={"family": family, "reused_jti": claims.jti, "credential": credential.key_id},
+        )
 
 
 def token_revoke(*, token: str) -> bool:

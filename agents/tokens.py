@@ -2,7 +2,9 @@
 
 Claims: `sub` (agent id), `scopes` (granted at issue), `jti`, `token_type`, `cid` (the key id
 of the credential that was exchanged, so revoking it ends its tokens too) and, on access
-tokens, `rid` (the jti of the refresh token they came from, so revoking that revokes them).
+tokens, `rid` (the jti of the refresh token they came from, so revoking that revokes them)
+and, on both, `fam`: the refresh-token family, the jti of the first refresh token of a token
+exchange, kept through every rotation, so a reused refresh token can end all its heirs.
 The database, not the token, has the last word on scopes, activity and revocation.
 """
 
@@ -35,6 +37,22 @@ class TokenClaims:
     credential_key_id: str
     refresh_jti: str | None
     expires_at: datetime
+    family: str | None = None
+
+    @property
+    def revocation_ids(self) -> list[str]:
+        """The RevokedToken ids any of which refuses this token."""
+        ids = [self.jti]
+        if self.refresh_jti:
+            ids.append(self.refresh_jti)
+        if self.family:
+            ids.append(family_id(self.family))
+        return ids
+
+
+def family_id(family: str) -> str:
+    """The RevokedToken id that ends a whole refresh-token family."""
+    return f"family:{family}"
 
 
 @dataclass(frozen=True)
@@ -45,13 +63,17 @@ class TokenPair:
     expires_in: int
 
 
-def mint_pair(agent: Agent, credential: Credential) -> TokenPair:
-    """A new refresh token and an access token bound to it."""
+def mint_pair(agent: Agent, credential: Credential, *, family: str | None = None) -> TokenPair:
+    """A new refresh token and an access token bound to it, in `family` (None: a new one,
+    named after this refresh token)."""
     refresh = RefreshToken()
     _fill(refresh, agent, credential)
+    family = family or refresh[api_settings.JTI_CLAIM]
+    refresh["fam"] = family
     access = AccessToken()
     _fill(access, agent, credential)
     access["rid"] = refresh[api_settings.JTI_CLAIM]
+    access["fam"] = family
     return TokenPair(
         access=str(access),
         refresh=str(refresh),
@@ -92,6 +114,7 @@ def read(raw: str, token_type: str | None) -> TokenClaims:
             credential_key_id=str(payload["cid"]),
             refresh_jti=payload.get("rid"),
             expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
+            family=payload.get("fam"),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise InvalidToken("token is missing required claims") from exc
