@@ -32,6 +32,8 @@ from agents.models import Agent
 from agents.permissions import require_publisher, require_scope
 from agents.serializers import agent_data
 from agents.throttles import check_agent
+from audit.api import AuditQuerySerializer, audit_event_data
+from audit.selectors import audit_event_list
 from audit.services import Actor
 from ordinaut import scopes
 from ordinaut.api import PageQuerySerializer, page, validated
@@ -520,6 +522,33 @@ async def list_approvals(
     return await _run(ctx, scopes.APPROVALS_DECIDE, work, bucket="reads")
 
 
+# -- the audit log (admin) -------------------------------------------------------------------
+
+
+async def list_audit(
+    ctx: Context,
+    action: str | None = None,
+    subject_type: str | None = None,
+    subject_id: str | None = None,
+    correlation_id: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """Audit events, newest first, as GET /audit. Returns {items, total, limit, offset,
+    has_more}; each item carries its chain link (prev_hash, hash). Needs admin."""
+
+    def work(caller: Caller) -> dict[str, Any]:
+        query = validated(
+            AuditQuerySerializer,
+            _page_query(limit, offset, action=action, subject_type=subject_type,
+                        subject_id=subject_id, correlation_id=correlation_id),
+        )  # fmt: skip
+        size, start = query.pop("limit"), query.pop("offset")
+        return page(audit_event_list(**query), limit=size, offset=start, render=audit_event_data)
+
+    return await _run(ctx, scopes.ADMIN, work, bucket="reads")
+
+
 # -- the kill switch (admin) -----------------------------------------------------------------
 
 
@@ -601,6 +630,7 @@ TOOLS: tuple[Callable[..., Any], ...] = (
     list_approvals,
     pause_agent,
     resume_agent,
+    list_audit,
 )
 RESOURCES: dict[str, Callable[..., Any]] = {
     "ordinaut://tasks/{task_id}": task_resource,

@@ -39,6 +39,8 @@ class AuditEventSerializer(serializers.Serializer):
     subject_id = serializers.CharField()
     details = serializers.DictField()
     correlation_id = serializers.CharField()
+    prev_hash = serializers.CharField(help_text="The hash of the event before (chain link).")
+    hash = serializers.CharField(help_text="SHA-256 over prev_hash and this event's fields.")
 
 
 class AuditListSerializer(PageSerializer):
@@ -57,6 +59,8 @@ def audit_event_data(event: AuditEvent) -> dict[str, Any]:
         "subject_id": event.subject_id,
         "details": event.details,
         "correlation_id": event.correlation_id,
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
     }
 
 

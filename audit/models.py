@@ -26,6 +26,10 @@ class AuditEvent(models.Model):
     subject_id = models.CharField(max_length=64, blank=True, default="")
     details = models.JSONField(default=dict, blank=True)
     correlation_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    # The hash chain (migration 0003's trigger fills both on INSERT; never set from Python):
+    # hash = SHA-256 over prev_hash and the row's canonical fields (audit_event_hash()).
+    prev_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
+    hash = models.CharField(max_length=64, blank=True, default="", editable=False)
 
     class Meta:
         ordering = ["-at", "-id"]

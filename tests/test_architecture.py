@@ -28,7 +28,10 @@ def project_modules() -> list[Path]:
     found = [ROOT / "manage.py"]
     for folder in (*APPS, "bench"):
         for path in sorted((ROOT / folder).rglob("*.py")):
-            if "migrations" not in path.parts:
+            # Skip migrations, and virtualenvs a benchmark run made (bench/.venv-peers).
+            if "migrations" not in path.parts and not any(
+                part.startswith(".venv") for part in path.parts
+            ):
                 found.append(path)
     return found
 

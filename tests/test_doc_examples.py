@@ -7,8 +7,9 @@ body; `payload` a pipeline validated against registered tools; `make` lines are 
 `webhook-request` and `webhook-verify` are checked against a real signed delivery;
 `error-envelope` against a real 422; `addmcpserver` lines are parsed by the command;
 `templates` cases are rendered by our templating; `coordination` is a shell session of
-three agents against a live web server and worker; `output` blocks are shapes of an answer and
-must at least be valid JSON. A block without a known KIND fails
+three agents against a live web server and worker; `sql` (ops/README.md's database roles)
+is run on a fresh database, migrated as the owner role it creates; `output` blocks are
+shapes of an answer and must at least be valid JSON. A block without a known KIND fails
 `test_every_example_says_how_it_runs`.
 """
 
@@ -49,7 +50,7 @@ from tests.conftest import ROOT, command_env, run_manage, wait_for
 from tests.factories import make_agent
 from tests.test_webhooks import agent_with_webhook, finish_one_run, receiver  # noqa: F401
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "ops" / "README.md"]
 MARKER = re.compile(r"^<!-- example: (?P<kind>[\w-]+) -->$")
 ACTOR = Actor.system("doc examples")
 
@@ -86,7 +87,7 @@ BLOCKS = [block for path in DOCS for block in fenced_blocks(path)]
 KINDS = {
     "quickstart", "redis", "event-request", "payload", "make", "webhook-request",
     "webhook-verify", "error-envelope", "addmcpserver", "output", "auth", "templates",
-    "coordination",
+    "coordination", "sql",
 }  # fmt: skip
 
 
@@ -501,3 +502,59 @@ def test_the_template_cases_render_as_the_page_says(block):
             assert str(caught.value) == case["ordinaut_error"], case
         else:
             assert render({"x": case["template"]}, context, schema) == {"x": case["ordinaut"]}, case
+
+
+# -- ops: the database roles --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@by_kind("sql")
+def test_the_role_recipe_leaves_the_app_unable_to_rewrite_the_audit_log(block, test_database_url):
+    import uuid
+
+    import psycopg
+
+    suffix = uuid.uuid4().hex[:8]
+    text = (
+        block.text.replace("ordinaut_owner", f"owner_{suffix}")
+        .replace("ordinaut_app", f"app_{suffix}")
+        .replace("DATABASE ordinaut OWNER", f"DATABASE roles_{suffix} OWNER")
+    )
+    as_superuser, as_owner = text.split("-- then connected", 1)
+    server = test_database_url.rsplit("/", 1)[0]
+    host = server.split("@", 1)[-1]
+
+    def url(role: str, secret: str) -> str:
+        return f"postgresql://{role}_{suffix}:{secret}@{host}/roles_{suffix}"
+
+    try:
+        with psycopg.connect(test_database_url, autocommit=True) as conn:
+            for statement in as_superuser.split(";"):
+                if statement.strip().strip("-").strip() and "CREATE" in statement:
+                    conn.execute(statement)
+        owner_env = command_env(DEBUG="0", SECRET_KEY="x" * 60,
+                                DATABASE_URL=url("owner", "owner-secret"))  # fmt: skip
+        done = run_manage("migrate", "--no-input", env=owner_env, timeout=180)
+        assert done.returncode == 0, done.stderr
+        with psycopg.connect(url("owner", "owner-secret"), autocommit=True) as conn:
+            conn.execute("--" + as_owner)
+        app_env = command_env(DEBUG="0", SECRET_KEY="x" * 60,
+                              DATABASE_URL=url("app", "app-secret"))  # fmt: skip
+        made = run_manage("createagent", "roles-check", "--scopes", "tasks:read", env=app_env)
+        assert made.returncode == 0, made.stderr  # the app writes (and chains) audit events
+        checked = run_manage("verifyaudit", env=app_env)
+        assert checked.returncode == 0, checked.stderr
+        with psycopg.connect(url("app", "app-secret"), autocommit=True) as conn:
+            for forbidden in (
+                "ALTER TABLE audit_auditevent DISABLE TRIGGER audit_append_only",
+                "UPDATE audit_auditevent SET action = 'forged'",
+                "DROP TRIGGER audit_chain ON audit_auditevent",
+            ):
+                with pytest.raises(psycopg.Error):
+                    conn.execute(forbidden)
+    finally:
+        with psycopg.connect(test_database_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS roles_{suffix} WITH (FORCE)")
+            conn.execute(f"DROP ROLE IF EXISTS app_{suffix}")
+            conn.execute(f"DROP ROLE IF EXISTS owner_{suffix}")
