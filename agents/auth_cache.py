@@ -11,9 +11,16 @@ Guarantees:
 - A change reaches every process as soon as PostgreSQL delivers the NOTIFY (at commit; well
   under a millisecond on one host). What is checked per request from the row — revoked,
   expired, agent inactive, scopes — is re-evaluated on every request.
-- The cache is only used while LISTEN is active. Before the listener has connected, and from
-  the moment its connection fails until it has reconnected, every lookup goes to the
-  database; a (re)connect drops everything cached before it.
+- The process that makes such a change drops its own cache when it commits
+  (`invalidate_on_commit`), not when its NOTIFY comes back.
+- The cache is only used while LISTEN is known to work: the listener NOTIFYs itself every
+  HEARTBEAT_SECONDS, and a heartbeat not heard back in time (a half-open TCP connection, a
+  pooler that dropped the LISTEN) turns the cache off until a fresh connection hears one.
+  Its connection has TCP keepalives. Before the listener has connected, and from the moment
+  it is in doubt until it has reconnected, every lookup goes to the database; a (re)connect
+  drops everything cached before it. LISTEN needs a direct or session-pooled connection
+  (PgBouncer in transaction pooling mode cannot hold one: the heartbeat then keeps the
+  cache off).
 - A lookup that raced with an invalidation is not stored (generation check), so a row read
   before a change committed cannot outlive the change's NOTIFY.
 - Entries also expire after AUTH_CACHE_SECONDS (0 disables the cache) as a safety net.
@@ -40,6 +47,12 @@ CHANNEL = "ordinaut_auth"
 MAX_ENTRIES = 10_000
 # The listener's wait slice: how soon `stop()` is noticed.
 _WAIT_SECONDS = 1.0
+# The listener NOTIFYs itself this often; a heartbeat not heard back within _HEARTBEAT_LATE
+# means the LISTEN is not working (a half-open connection, a pooler that dropped it): the
+# cache is off until a fresh connection hears one again.
+HEARTBEAT_SECONDS = 3.0
+_HEARTBEAT_LATE = 2.0
+_HEARTBEAT = "heartbeat"
 _RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
 
 
@@ -55,6 +68,8 @@ class AuthCache:
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._beats = 0
+        self._last_heard = float("-inf")  # clock() when our last heartbeat came back
 
     @property
     def ttl(self) -> float:
@@ -62,8 +77,11 @@ class AuthCache:
 
     @property
     def listening(self) -> bool:
-        """True while the invalidation listener holds an active LISTEN."""
-        return self._listening and self._pid == os.getpid()
+        """True while the invalidation listener holds a LISTEN that heard its own heartbeat
+        lately. Checked from the requests' side too: a listener stuck on a dead session
+        (a NOTIFY that never returns) cannot keep the cache on."""
+        fresh = self.clock() - self._last_heard < HEARTBEAT_SECONDS + _HEARTBEAT_LATE
+        return self._listening and self._pid == os.getpid() and fresh
 
     def lookup(self, key: Hashable, load: Callable[[], Any]) -> Any:
         """The cached value for `key`, or `load()` (stored unless None or raced)."""
@@ -118,6 +136,26 @@ class AuthCache:
             )
             self._thread.start()
 
+    def _beat(self, listener: Listener, stop: threading.Event) -> None:
+        """Send a heartbeat and listen for up to HEARTBEAT_SECONDS; invalidate on any change.
+
+        Raises HeartbeatMissed when our own heartbeat does not come back in time.
+        """
+        self._beats += 1
+        token = f"{_HEARTBEAT}:{os.getpid()}:{self._beats}"
+        listener.notify_self(token)
+        sent = time.monotonic()
+        heard = False
+        deadline = sent + HEARTBEAT_SECONDS
+        while not stop.is_set() and time.monotonic() < deadline:
+            payloads = listener.payloads(min(_WAIT_SECONDS, deadline - time.monotonic()))
+            if token in payloads:
+                heard, self._last_heard = True, self.clock()
+            if any(not payload.startswith(_HEARTBEAT) for payload in payloads):
+                self.invalidate()
+            if not heard and time.monotonic() - sent > _HEARTBEAT_LATE:
+                raise HeartbeatMissed(f"no heartbeat back within {_HEARTBEAT_LATE:g}s")
+
     def _set_listening(self, listening: bool) -> None:
         with self._lock:
             self._generation += 1
@@ -130,12 +168,13 @@ class AuthCache:
         while not stop.is_set():
             try:
                 listener.connect()
+                # Caching starts only once our own heartbeat came back: LISTEN works.
+                self._beat(listener, stop)
                 # Whatever was cached before LISTEN was active may have missed a NOTIFY.
                 self._set_listening(True)
                 failures = 0
                 while not stop.is_set():
-                    if listener.wait(_WAIT_SECONDS):
-                        self.invalidate()
+                    self._beat(listener, stop)
             except Exception as exc:  # any failure: stop caching, then reconnect
                 self._set_listening(False)
                 listener.close()
@@ -152,6 +191,23 @@ class AuthCache:
         listener.close()
 
 
+class HeartbeatMissed(Exception):
+    """The LISTEN session did not hear its own NOTIFY: treat it as down."""
+
+
 auth_cache = AuthCache()
+
+
+def invalidate_on_commit() -> None:
+    """Drop this process's cached credentials once the current transaction commits.
+
+    The use cases that revoke or narrow (agents.services) call it, so the process that made
+    the change refuses the old credential from its next request, without waiting for its
+    own NOTIFY to come back.
+    """
+    from django.db import transaction
+
+    transaction.on_commit(auth_cache.invalidate)
+
 
 __all__ = ["CHANNEL", "AuthCache", "auth_cache"]

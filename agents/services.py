@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents import tokens
+from agents.auth_cache import invalidate_on_commit
 from agents.credentials import issue_api_key, issue_secret, parse_key_id, verify_secret
 from agents.models import (
     BUDGETS,
@@ -219,6 +220,7 @@ def agent_update(*, agent_id: Any, changes: dict[str, Any], actor: Actor) -> Age
                 if before[field] != value
             }
             record(actor=actor, action="agent.updated", subject=agent, details={"changes": diff})
+            invalidate_on_commit()
     except IntegrityError as exc:
         raise Conflict(
             f"an agent named {changes.get('name')!r} already exists",
@@ -313,6 +315,7 @@ def agent_deactivate(*, agent_id: Any, actor: Actor, now: datetime | None = None
                 "changes": {"is_active": {"before": was_active, "after": False}},
             },
         )
+        invalidate_on_commit()
     return agent
 
 
@@ -367,6 +370,7 @@ def credential_revoke(
                 subject=agent,
                 details={"credential": key_id, "kind": credential.kind},
             )
+            invalidate_on_commit()
     return credential
 
 
@@ -477,6 +481,7 @@ def _revoke_family(claims: tokens.TokenClaims, credential: Credential) -> None:
             subject=credential.agent,
             details={"family": family, "reused_jti": claims.jti, "credential": credential.key_id},
         )
+        invalidate_on_commit()
 
 
 def token_revoke(*, token: str) -> bool:
@@ -508,6 +513,7 @@ def token_revoke(*, token: str) -> bool:
                 subject=agent,
                 details={"token_type": claims.token_type, "jti": claims.jti},
             )
+            invalidate_on_commit()
     return created
 
 

@@ -45,7 +45,7 @@ def database_settings(url: str) -> dict[str, Any]:
     return config
 
 
-def raw_connection(alias: str = "default", *, autocommit: bool = True):  # noqa: ANN201
+def raw_connection(alias: str = "default", *, autocommit: bool = True, **extra: Any):  # noqa: ANN201
     """Open a psycopg connection with Django's parameters, outside Django's management.
 
     For LISTEN/NOTIFY and other long-lived sessions; the caller closes it. Works for both
@@ -55,7 +55,24 @@ def raw_connection(alias: str = "default", *, autocommit: bool = True):  # noqa:
     from django.db import connections
 
     params = connections[alias].get_connection_params()
-    return psycopg.connect(**params, autocommit=autocommit)
+    # A long-lived session must notice a peer that vanished without closing (a NAT or load
+    # balancer dropping idle flows, a host gone): TCP keepalives, unless the URL sets them.
+    for key, value in KEEPALIVES.items():
+        params.setdefault(key, value)
+    return psycopg.connect(**{**params, **extra}, autocommit=autocommit)
+
+
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+def listener_name(channel: str) -> str:
+    """The application_name of the session that LISTENs on `channel`."""
+    return f"ordinaut listen {channel}"
 
 
 class Listener:
@@ -73,7 +90,10 @@ class Listener:
     def connect(self) -> None:
         """LISTEN now (idempotent), so NOTIFYs sent from here on are kept for `wait`."""
         if self._conn is None or self._conn.closed:
-            self._conn = raw_connection(autocommit=True)
+            # Named, so an operator (or a test) finds the session in pg_stat_activity.
+            self._conn = raw_connection(
+                autocommit=True, application_name=listener_name(self.channel)
+            )
             self._conn.execute(f"LISTEN {self.channel}")
 
     def wait(self, timeout: float) -> bool:
@@ -88,6 +108,21 @@ class Listener:
             for _ in self._conn.notifies(timeout=0.01):
                 pass
         return woken
+
+    def payloads(self, timeout: float) -> list[str]:
+        """Block up to `timeout` seconds for NOTIFYs; return the payloads that came."""
+        self.connect()
+        notes = self._conn.notifies(timeout=max(0.0, timeout), stop_after=1)
+        found = [note.payload for note in notes]
+        notes.close()
+        if found:
+            found += [note.payload for note in self._conn.notifies(timeout=0.01)]
+        return found
+
+    def notify_self(self, payload: str) -> None:
+        """NOTIFY our own channel from this session (it hears its own notifications)."""
+        self.connect()
+        self._conn.execute("SELECT pg_notify(%s, %s)", [self.channel, payload])
 
     def close(self) -> None:
         """Drop the connection (closing one whose server went away may itself fail)."""

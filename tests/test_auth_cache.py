@@ -28,7 +28,7 @@ from agents.services import (
     token_revoke,
 )
 from audit.services import Actor
-from ordinaut.database import raw_connection
+from ordinaut.database import listener_name, raw_connection
 from ordinaut.embedded import free_port
 from tests.conftest import ROOT, command_env, wait_for
 
@@ -120,8 +120,8 @@ def test_without_the_listener_every_request_reads_the_database(cache_on, api_key
     warm(key)
     with raw_connection() as admin:
         admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = %s",
-            [f"LISTEN {CHANNEL}"],
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            [listener_name(CHANNEL)],
         )
     eventually(lambda: not auth_cache.listening, "the cache notices its listener is gone")
     with CaptureQueriesContext(connection) as queries:
@@ -218,8 +218,8 @@ def test_another_process_refuses_a_key_revoked_here(api_key, test_database_url):
                 eventually(
                     lambda: (
                         admin.execute(
-                            "SELECT count(*) FROM pg_stat_activity WHERE query = %s",
-                            [f"LISTEN {CHANNEL}"],
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                            [listener_name(CHANNEL)],
                         ).fetchone()[0]
                         > 0
                     ),
