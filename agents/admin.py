@@ -16,6 +16,7 @@ from agents.services import (
     agent_pause,
     agent_resume,
     agent_update,
+    agent_webhook_secret_rotate,
     clean_scopes,
     credential_revoke,
     default_budgets,
@@ -55,14 +56,14 @@ class CredentialInline(admin.TabularInline):
 class AgentAdmin(admin.ModelAdmin):
     list_display = ["name", "status", "scope_list", "credential_count", "created_at"]
     list_filter = ["is_active", ("paused_at", admin.EmptyFieldListFilter), "created_at"]
-    actions = ["pause", "resume"]
+    actions = ["pause", "resume", "rotate_webhook_secret"]
     search_fields = ["name", "description", "id"]
     date_hierarchy = "created_at"
-    readonly_fields = ["id", "status", "paused_at", "created_at", "updated_at"]
+    readonly_fields = ["id", "webhook_key_id", "status", "paused_at", "created_at", "updated_at"]
     fieldsets = [
         (None, {"fields": [
-            "id", "name", "description", "scopes", "webhook_url", "is_active", "status",
-            "paused_at", "created_at",
+            "id", "name", "description", "scopes", "webhook_url", "webhook_key_id", "is_active",
+            "status", "paused_at", "created_at",
         ]}),
         ("Budgets", {"fields": list(BUDGETS)}),
     ]  # fmt: skip
@@ -88,6 +89,22 @@ class AgentAdmin(admin.ModelAdmin):
     @admin.action(description="Resume selected agents", permissions=["change"])
     def resume(self, request, queryset) -> None:  # noqa: ANN001
         self._switch(request, queryset, agent_resume, "resumed")
+
+    @admin.action(description="Rotate webhook signing secret", permissions=["change"])
+    def rotate_webhook_secret(self, request, queryset) -> None:  # noqa: ANN001
+        actor = Actor.user(request.user)
+        for agent in queryset:
+            try:
+                rotated, secret = agent_webhook_secret_rotate(agent_id=agent.pk, actor=actor)
+            except Conflict as exc:
+                self.message_user(request, exc.message, messages.WARNING)
+                continue
+            self.message_user(
+                request,
+                f"Webhook secret for {rotated.name} (key {rotated.webhook_key_id}): {secret} — "
+                "copy it to the receiver now; it is not shown again.",
+                messages.WARNING,
+            )
 
     def _switch(self, request, queryset, service, done: str) -> None:  # noqa: ANN001
         actor, changed, refused = Actor.user(request.user), 0, []

@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents import selectors, services
+from agents.credentials import webhook_secret
 from agents.models import CredentialKind
 from agents.permissions import HasScope
 from agents.serializers import (
@@ -32,6 +33,7 @@ from agents.serializers import (
     RefreshRequestSerializer,
     TokenRequestSerializer,
     TokenResponseSerializer,
+    WebhookSecretSerializer,
     agent_data,
     credential_data,
 )
@@ -85,9 +87,10 @@ class AgentListCreateApi(APIView):
             webhook_url=data.get("webhook_url") or "",
             actor=Actor.agent(request.user),
         )
-        return Response(
-            {**agent_data(agent), "agent_secret": secret}, status=status.HTTP_201_CREATED
-        )
+        created = {**agent_data(agent), "agent_secret": secret}
+        if agent.webhook_key_id:
+            created["webhook_secret"] = webhook_secret(agent.pk, agent.webhook_key_id)
+        return Response(created, status=status.HTTP_201_CREATED)
 
 
 class AgentDetailApi(APIView):
@@ -163,6 +166,35 @@ class AgentPauseApi(APIView):
         service = services.agent_pause if self.action == "pause" else services.agent_resume
         agent = service(agent_id=agent_id, actor=Actor.agent(request.user))
         return Response(agent_data(agent))
+
+
+class AgentWebhookSecretApi(APIView):
+    permission_classes = [HasScope]
+    required_scope = scopes.ADMIN
+    throttle_classes = [AgentRateThrottle]
+    throttle_scope = "tasks"
+
+    @extend_schema(
+        operation_id="agents_webhook_secret_rotate",
+        request=None,
+        responses={200: WebhookSecretSerializer},
+        description=(
+            "Rotate the agent's webhook signing key: deliveries from now on are signed with "
+            "the new secret (shown once) and carry its X-Ordinaut-Key-Id. 409 without a "
+            "webhook_url."
+        ),
+    )
+    def post(self, request: Request, agent_id: str) -> Response:
+        agent, secret = services.agent_webhook_secret_rotate(
+            agent_id=agent_id, actor=Actor.agent(request.user)
+        )
+        return Response(
+            {
+                "agent_id": str(agent.pk),
+                "webhook_key_id": agent.webhook_key_id,
+                "webhook_secret": secret,
+            }
+        )
 
 
 class AgentCredentialsApi(APIView):

@@ -73,3 +73,26 @@ def hash_api_key(token: str) -> str:
 def verify_api_key(token: str, stored_hash: str) -> bool:
     """Constant-time check of a presented API key against its stored keyed hash."""
     return hmac.compare_digest(hash_api_key(token), stored_hash)
+
+
+# -- webhook signing keys ---------------------------------------------------------------------
+
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
+_WEBHOOK_LABEL = b"ordinaut.webhooks.agent.v1"
+
+
+def new_webhook_key_id() -> str:
+    """A fresh public id for an agent's webhook signing key (rotation makes a new one)."""
+    return secrets.token_hex(8)
+
+
+def webhook_secret(agent_id: object, key_id: str) -> str:
+    """The signing secret of an agent's webhook key.
+
+    Derived from SECRET_KEY, the agent and the key id, never stored: the database holds only
+    the public key id, so reading it does not let anyone sign as Ordinaut. A new key id
+    (rotation) gives a new, unrelated secret; rotating SECRET_KEY changes every one.
+    """
+    message = _WEBHOOK_LABEL + f"|{agent_id}|{key_id}".encode()
+    mac = hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256)
+    return WEBHOOK_SECRET_PREFIX + mac.hexdigest()

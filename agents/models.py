@@ -28,6 +28,9 @@ class Agent(models.Model):
     description = models.TextField(blank=True, default="")
     scopes = ArrayField(models.CharField(max_length=64), default=list, blank=True)
     webhook_url = models.URLField(max_length=2000, blank=True, default="")
+    # The public id of its webhook signing key (agents.credentials.webhook_secret derives the
+    # secret); empty: deliveries are signed with the deployment's fallback key.
+    webhook_key_id = models.CharField(max_length=32, blank=True, default="")
     is_active = models.BooleanField(default=True)
     # The kill switch: while paused (or inactive) none of the agent's work is queued,
     # claimed or continued; each timestamp says since when, so resuming can account for

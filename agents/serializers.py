@@ -63,6 +63,9 @@ class AgentSerializer(serializers.Serializer):
     name = serializers.CharField()
     scopes = serializers.ListField(child=serializers.CharField())
     webhook_url = serializers.CharField(allow_null=True)
+    webhook_key_id = serializers.CharField(
+        allow_null=True, help_text="Sent as X-Ordinaut-Key-Id; null: the deployment's key."
+    )
     description = serializers.CharField()
     is_active = serializers.BooleanField()
     status = serializers.ChoiceField(
@@ -78,6 +81,16 @@ class AgentCreatedSerializer(AgentSerializer):
     agent_secret = serializers.CharField(
         help_text="Exchange at POST /agents/auth/token. Shown once; only its hash is stored."
     )
+    webhook_secret = serializers.CharField(
+        required=False,
+        help_text="With a webhook_url: the key its deliveries are signed with. Shown once.",
+    )
+
+
+class WebhookSecretSerializer(serializers.Serializer):
+    agent_id = serializers.UUIDField()
+    webhook_key_id = serializers.CharField()
+    webhook_secret = serializers.CharField(help_text="Shown once.")
 
 
 def agent_data(agent: Agent) -> dict[str, Any]:
@@ -87,6 +100,7 @@ def agent_data(agent: Agent) -> dict[str, Any]:
         "name": agent.name,
         "scopes": list(agent.scopes),
         "webhook_url": agent.webhook_url or None,
+        "webhook_key_id": agent.webhook_key_id or None,
         "description": agent.description,
         "is_active": agent.is_active,
         "status": agent.status,

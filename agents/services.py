@@ -15,7 +15,14 @@ from django.utils import timezone
 
 from agents import tokens
 from agents.auth_cache import invalidate_on_commit
-from agents.credentials import issue_api_key, issue_secret, parse_key_id, verify_secret
+from agents.credentials import (
+    issue_api_key,
+    issue_secret,
+    new_webhook_key_id,
+    parse_key_id,
+    verify_secret,
+    webhook_secret,
+)
 from agents.models import (
     BUDGETS,
     Agent,
@@ -117,6 +124,7 @@ def agent_create(
         with transaction.atomic():
             agent = Agent.objects.create(
                 name=name, description=description, scopes=scope_list, webhook_url=webhook_url,
+                webhook_key_id=new_webhook_key_id() if webhook_url else "",
                 **default_budgets(),
             )  # fmt: skip
             credential = Credential.objects.create(
@@ -235,6 +243,31 @@ def _announce_work(agent: Agent, halted_since: datetime | None, now: datetime) -
         agent_halted.send(sender=Agent, agent=agent, at=now)
     elif halted_since is not None and agent.halted_since is None:
         agent_restored.send(sender=Agent, agent=agent, since=halted_since, at=now)
+
+
+def agent_webhook_secret_rotate(*, agent_id: Any, actor: Actor) -> tuple[Agent, str]:
+    """Give the agent a new webhook signing key; return (agent, its secret, shown once).
+
+    Deliveries from now on are signed with it and carry its `X-Ordinaut-Key-Id`. Raises
+    NotFound, or Conflict when the agent has no webhook_url. Writes
+    `agent.webhook_key_rotated` (the key id, never the secret).
+    """
+    with transaction.atomic():
+        agent = _locked_agent(agent_id)
+        if not agent.webhook_url:
+            raise Conflict(
+                f"agent {agent.name!r} has no webhook_url; set one first",
+                details={"webhook_url": ["not set"]},
+            )
+        previous, agent.webhook_key_id = agent.webhook_key_id, new_webhook_key_id()
+        agent.save(update_fields=["webhook_key_id", "updated_at"])
+        record(
+            actor=actor,
+            action="agent.webhook_key_rotated",
+            subject=agent,
+            details={"key_id": agent.webhook_key_id, "previous_key_id": previous},
+        )
+    return agent, webhook_secret(agent.pk, agent.webhook_key_id)
 
 
 def agent_pause(*, agent_id: Any, actor: Actor, now: datetime | None = None) -> Agent:

@@ -39,6 +39,11 @@ urlpatterns = [
     *route("agents/<uuid:agent_id>", agents_api.AgentDetailApi.as_view(), "agent"),
     *route("agents/<uuid:agent_id>/usage", tasks_api.AgentUsageApi.as_view(), "agent-usage"),
     *route(
+        "agents/<uuid:agent_id>/webhook-secret",
+        agents_api.AgentWebhookSecretApi.as_view(),
+        "agent-webhook-secret",
+    ),
+    *route(
         "agents/<uuid:agent_id>/pause",
         agents_api.AgentPauseApi.as_view(action="pause"),
         "agent-pause",

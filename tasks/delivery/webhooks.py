@@ -16,7 +16,10 @@ Two steps, both called once per scheduler tick by `deliver_webhooks()`:
    exponential backoff until WEBHOOK_RETRY_WINDOW_SECONDS after creation, then `failed`.
 
 Signature: `X-Ordinaut-Signature: v1=<hex HMAC-SHA256(secret, f"{timestamp}.{body}")>` with
-`X-Ordinaut-Timestamp` (unix seconds) — see docs/events.md for the receiver's recipe.
+`X-Ordinaut-Timestamp` (unix seconds) and `X-Ordinaut-Key-Id`. The secret is the receiving
+agent's own (agents.credentials.webhook_secret, shown once when the agent is created with a
+webhook_url or its key rotated); agents without one get the deployment's fallback key,
+`X-Ordinaut-Key-Id: deployment`. See docs/events.md for the receiver's recipe.
 
 Targets pass the same server-side request forgery guard as the http.request tool: loopback,
 private, link-local... addresses are refused unless the host is in HTTP_TOOL_ALLOWED_HOSTS.
@@ -40,6 +43,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from agents.credentials import webhook_secret
 from tasks.models import (
     WEBHOOK_EVENT_TYPES,
     WebhookAttempt,
@@ -56,8 +60,14 @@ SECRET_LABEL = b"ordinaut.webhooks.signing.v1"
 USER_AGENT = "Ordinaut-Webhooks/1"
 
 
+# The key id of deliveries to agents without their own key (created before agents had one,
+# or given a webhook_url later and not rotated since).
+FALLBACK_KEY_ID = "deployment"
+
+
 def signing_secret() -> str:
-    """WEBHOOK_SIGNING_SECRET, or (unset) a key derived from SECRET_KEY for this deployment."""
+    """The fallback key, for agents without their own: WEBHOOK_SIGNING_SECRET (opt-in, for
+    receivers not yet moved to per-agent keys), or (unset) a key derived from SECRET_KEY."""
     if settings.WEBHOOK_SIGNING_SECRET:
         return settings.WEBHOOK_SIGNING_SECRET
     # Derived rather than SECRET_KEY itself: a receiver learning it learns nothing else.
@@ -213,7 +223,8 @@ WHERE id IN (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-RETURNING id, url, event_type, payload, attempts, created_at
+RETURNING id, url, event_type, payload, attempts, created_at, agent_id,
+          (SELECT webhook_key_id FROM agents_agent WHERE agents_agent.id = agent_id)
 """
 
 
@@ -225,6 +236,14 @@ class ClaimedDelivery:
     payload: dict[str, Any]
     attempt: int
     created_at: datetime
+    agent_id: Any = None
+    key_id: str = ""  # the agent's webhook key; empty: the deployment's fallback key
+
+    def signing_key(self) -> tuple[str, str]:
+        """(X-Ordinaut-Key-Id, secret) this delivery is signed with."""
+        if self.key_id:
+            return self.key_id, webhook_secret(self.agent_id, self.key_id)
+        return FALLBACK_KEY_ID, signing_secret()
 
 
 @dataclass
@@ -267,6 +286,8 @@ def claim_due(*, now: datetime, limit: int, lease_seconds: float) -> list[Claime
             payload=json.loads(row[3]) if isinstance(row[3], str) else row[3],
             attempt=row[4],
             created_at=row[5],
+            agent_id=row[6],
+            key_id=row[7] or "",
         )
         for row in rows
     ]
@@ -277,8 +298,9 @@ def encode_body(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
 
-def post(client: httpx.Client, claimed: ClaimedDelivery, *, secret: str) -> AttemptResult:
-    """POST one delivery, signed; never raises. Touches no database (runs in a thread)."""
+def post(client: httpx.Client, claimed: ClaimedDelivery) -> AttemptResult:
+    """POST one delivery, signed with its agent's key; never raises. Touches no database
+    (runs in a thread)."""
     from pipelines.tools.base import ToolError
     from pipelines.tools.http import check_target
 
@@ -292,6 +314,7 @@ def post(client: httpx.Client, claimed: ClaimedDelivery, *, secret: str) -> Atte
         return result
     body = encode_body(claimed.payload)
     timestamp = str(int(time.time()))
+    key_id, secret = claimed.signing_key()
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -299,6 +322,7 @@ def post(client: httpx.Client, claimed: ClaimedDelivery, *, secret: str) -> Atte
         "X-Ordinaut-Delivery": str(claimed.id),
         "X-Ordinaut-Timestamp": timestamp,
         "X-Ordinaut-Signature": sign(body, timestamp, secret),
+        "X-Ordinaut-Key-Id": key_id,
     }
     try:
         with client.stream("POST", claimed.url, content=body, headers=headers) as response:
@@ -380,7 +404,6 @@ def send_due(*, now: datetime | None = None, budget: float | None = None) -> Web
     if budget is None:
         budget = float(settings.WEBHOOK_SEND_BUDGET_SECONDS)
     deadline = time.monotonic() + budget
-    secret = signing_secret()
     outcome = WebhookRound()
     client: httpx.Client | None = None
     pool: ThreadPoolExecutor | None = None
@@ -394,7 +417,7 @@ def send_due(*, now: datetime | None = None, budget: float | None = None) -> Web
             if client is None:
                 client = httpx.Client(timeout=timeout, follow_redirects=False)
                 pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="webhook")
-            results = list(pool.map(partial(post, client, secret=secret), claimed))
+            results = list(pool.map(partial(post, client), claimed))
             for item, result in zip(claimed, results, strict=True):
                 status = record_attempt(item, result, now=fixed_now or timezone.now())
                 outcome.attempted += 1
