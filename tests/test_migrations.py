@@ -16,7 +16,8 @@ def migrate(*targets: tuple[str, str]) -> None:
 
 
 def test_occurrences_get_their_tasks_agent():
-    migrate(("tasks", "0009_event_publisher_triggered"))
+    # The schema just before: agents as tasks 0010 found them, tasks before it.
+    migrate(("agents", "0003_auth_change_notify"), ("tasks", "0009_event_publisher_triggered"))
     try:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -41,7 +42,7 @@ def test_occurrences_get_their_tasks_agent():
                 " VALUES (%s, now(), now(), 5, 'queued', 0, 'schedule', '', '', now(), 'k')",
                 [task_id],
             )
-        migrate(("tasks", "0010_occurrence_agent"))
+        migrate(("tasks", "0010_occurrence_agent"))  # pulls in what it depends on only
         with connection.cursor() as cursor:
             cursor.execute("SELECT agent_id FROM tasks_occurrence WHERE task_id = %s", [task_id])
             assert cursor.fetchone()[0] == agent_id
