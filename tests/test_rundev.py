@@ -17,7 +17,7 @@ from agents.services import agent_create
 from audit.services import Actor
 from ordinaut.embedded import free_port
 from ordinaut.management.commands.rundev import APPROVER_AGENT, DEMO_AGENT, DEMO_SCOPES, Command
-from tests.conftest import ROOT, command_env, wait_for
+from tests.conftest import ROOT, command_env, run_manage, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -93,6 +93,8 @@ def test_make_dev_names_each_process_in_its_output_and_says_what_it_stops(
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
+        # `make dev` keeps its embedded Redis for the next start; a test must not.
+        run_manage("devservers", "stop", env=env)
     reader.join(timeout=5)
     output = "".join(lines)
     assert "stopping web, scheduler, worker ..." in output
