@@ -171,14 +171,20 @@ def test_the_debug_log_tool_cannot_print_a_secret(api, log_lines):
     assert TOKEN not in text
 
 
+def start_up_with(pin: str):
+    # Production settings (DEBUG off, so no embedded servers start); `check` connects to
+    # no database.
+    env = command_env(
+        DEBUG="0", SECRET_KEY="k" * 60, DATABASE_URL="postgresql://u:p@127.0.0.1:1/db",
+        ORDINAUT_SECRET_PIN=pin,
+    )  # fmt: skip
+    return run_manage("check", env=env)
+
+
 def test_a_secret_shorter_than_eight_characters_stops_start_up():
-    done = run_manage(
-        "check", env=command_env(DEBUG="1", ORDINAUT_SECRET_PIN="1234", DATABASE_URL="")
-    )
+    done = start_up_with("1234")
     assert done.returncode != 0
     assert "PIN" in done.stderr, done.stderr
     assert "8 characters" in done.stderr
-    fine = run_manage(
-        "check", env=command_env(DEBUG="1", ORDINAUT_SECRET_PIN="12345678", DATABASE_URL="")
-    )
+    fine = start_up_with("12345678")
     assert fine.returncode == 0, fine.stderr
