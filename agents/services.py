@@ -218,10 +218,11 @@ def agent_update(*, agent_id: Any, changes: dict[str, Any], actor: Actor) -> Age
             halted_since = agent.halted_since
             for field, value in changes.items():
                 setattr(agent, field, value)
+            now = timezone.now()
             if "is_active" in changes and before["is_active"] != agent.is_active:
-                agent.deactivated_at = None if agent.is_active else timezone.now()
+                agent.deactivated_at = None if agent.is_active else now
             agent.save()
-            _announce_work(agent, halted_since, timezone.now())
+            _announce_work(agent, halted_since, now)
             diff = {
                 field: {"before": before[field], "after": value}
                 for field, value in changes.items()
@@ -490,14 +491,13 @@ def token_refresh(*, refresh_token: str) -> tuple[Agent, tokens.TokenPair]:
             )
     if reused:
         # Committed before the refusal is raised: the revocation must outlive this request.
-        _revoke_family(claims, credential)
+        _revoke_family(family, claims, credential)
         raise Unauthenticated("Token has been revoked")
     return agent, pair
 
 
-def _revoke_family(claims: tokens.TokenClaims, credential: Credential) -> None:
-    """End every token of the presented refresh token's family, and say so in the audit."""
-    family = claims.family or claims.jti
+def _revoke_family(family: str, claims: tokens.TokenClaims, credential: Credential) -> None:
+    """End every token of `family` (the presented refresh token's), and say so in the audit."""
     with transaction.atomic():
         RevokedToken.objects.get_or_create(
             jti=tokens.family_id(family),

@@ -98,22 +98,15 @@ class Listener:
 
     def wait(self, timeout: float) -> bool:
         """Block up to `timeout` seconds for a NOTIFY; True if one came (others are drained)."""
-        self.connect()
-        notes = self._conn.notifies(timeout=max(0.0, timeout), stop_after=1)
-        woken = next(notes, None) is not None
-        # Close the generator before anything else: it holds the connection's lock.
-        notes.close()
-        if woken:
-            # One wake-up serves any number of notifications: drain what else arrived.
-            for _ in self._conn.notifies(timeout=0.01):
-                pass
-        return woken
+        return bool(self.payloads(timeout))
 
     def payloads(self, timeout: float) -> list[str]:
-        """Block up to `timeout` seconds for NOTIFYs; return the payloads that came."""
+        """Block up to `timeout` seconds for a NOTIFY; return its payload and those of the
+        others that arrived with it (one wake-up serves any number of them)."""
         self.connect()
         notes = self._conn.notifies(timeout=max(0.0, timeout), stop_after=1)
         found = [note.payload for note in notes]
+        # Close the generator before anything else: it holds the connection's lock.
         notes.close()
         if found:
             found += [note.payload for note in self._conn.notifies(timeout=0.01)]

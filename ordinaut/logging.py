@@ -10,7 +10,10 @@ from datetime import UTC, datetime
 from ordinaut.correlation import get_correlation_id
 
 # Attributes every LogRecord has; anything else was passed via `extra=` and is emitted.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+STANDARD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+}
 # Django attaches the request object itself; its repr is noise in a log line.
 _NOT_EMITTED = {"request", "server_time"}
 
@@ -45,7 +48,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key in _NOT_EMITTED or key in entry or key.startswith("_"):
                 continue
-            if key not in _STANDARD:
+            if key not in STANDARD_ATTRIBUTES:
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -427,12 +427,7 @@ class _Execution:
         )
         if limit is None:
             return None
-        today = timezone.now().astimezone(UTC).date()
-        used = (
-            AgentLlmUsage.objects.filter(agent_id=self.agent.pk, day=today)
-            .values_list("tokens", flat=True)
-            .first()
-        ) or 0
+        used = AgentLlmUsage.tokens_on(self.agent.pk)
         if used < limit:
             return None
         return (
@@ -442,14 +437,14 @@ class _Execution:
 
     def _record_llm_usage(self, output: Any) -> None:
         """Add the tokens an llm.* step's endpoint reported to the agent's day."""
+        from tasks.models import AgentLlmUsage
+
         usage = output.get("usage") if isinstance(output, dict) else None
         tokens = _reported_tokens(usage)
         if tokens <= 0:
             return
-        today = timezone.now().astimezone(UTC).date()
         try:
-            with connection.cursor() as cursor:
-                cursor.execute(ADD_LLM_USAGE, [str(self.agent.pk), today, tokens])
+            AgentLlmUsage.add(self.agent.pk, tokens)
         except DatabaseError as exc:
             # The answer is in hand; failing the step would only make a retry pay again.
             logger.warning("run %s: LLM usage not recorded: %s", self.run_row.pk, exc)
@@ -602,11 +597,6 @@ class _Execution:
         self.run_row.steps = steps
 
 
-# One agent's LLM tokens for the day, added atomically (concurrent steps each add theirs).
-ADD_LLM_USAGE = """
-INSERT INTO tasks_agentllmusage (agent_id, day, tokens) VALUES (%s, %s, %s)
-ON CONFLICT (agent_id, day) DO UPDATE SET tokens = tasks_agentllmusage.tokens + EXCLUDED.tokens
-"""
 LLM_PREFIX = "llm."
 
 

@@ -20,13 +20,13 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from ordinaut.logging import STANDARD_ATTRIBUTES
+
 ENV_PREFIX = "ORDINAUT_SECRET_"
 REDACTED = "[redacted]"
 # A shorter value cannot be redacted safely: it would also hide ordinary words and numbers
 # in every log line and output, and would be easy to recognise around the redactions.
 MIN_SECRET_LENGTH = 8
-# LogRecord attributes that are not `extra=` fields (those are redacted like the message).
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
 def get_secret(name: str) -> str | None:
@@ -74,17 +74,19 @@ class RedactSecretsFilter(logging.Filter):
     def needles(self) -> list[str]:
         if self._needles is None:
             # Read once: settings and the environment are fixed for the process's life.
-            self._needles = sorted(set(configured_secrets().values()), key=len, reverse=True)
+            values = {value for value in configured_secrets().values() if value}
+            self._needles = sorted(values, key=len, reverse=True)
         return self._needles
 
     def filter(self, record: logging.LogRecord) -> bool:
-        needles = [needle for needle in self.needles() if needle]
+        needles = self.needles()
         if not needles:
             return True
         record.msg = _redact(record.getMessage(), needles)
         record.args = None
         for key, value in list(vars(record).items()):
-            if key not in _STANDARD and not key.startswith("_"):
+            # `extra=` fields (not the LogRecord's own) are redacted like the message.
+            if key not in STANDARD_ATTRIBUTES and not key.startswith("_"):
                 setattr(record, key, _redact(value, needles))
         if record.exc_info:
             text = logging.Formatter().formatException(record.exc_info)

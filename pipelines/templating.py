@@ -176,9 +176,8 @@ def evaluate(expression: str, context: TemplateContext) -> Any:
             # Seconds, minutes and hours are elapsed time, whatever the clocks do.
             instant = (context.now.astimezone(UTC) + delta).astimezone(zone)
         return instant.isoformat(timespec="seconds")
-    secret = _SECRET_RE.match(expression)
-    if secret:
-        name = secret.group(1)
+    name = secret_reference(expression)
+    if name is not None:
         found = context.secret(name) if context.secret else None
         if found is None:
             raise TemplateError(f"${{{expression}}}: unknown secret {name!r}")

@@ -6,7 +6,7 @@ where its work starts:
 - `max_active_tasks`: creating, resuming or re-activating a task (`require_active_task_room`,
   under a per-agent advisory lock so two racing creates cannot both take the last place);
 - `max_concurrent_runs`: the claim passes over an agent already running that many
-  (tasks/queue.py `_AGENT_NOT_HELD`);
+  (the claim statements in tasks/queue.py);
 - `max_runs_per_hour`: the scheduler and the event fan-out queue an agent's occurrences only
   while its runs of the past hour plus its queued ones stay under the budget; the others
   are ledgered as `budget_exceeded` (`hourly_room`); a run-now past it is refused
@@ -20,7 +20,7 @@ where its work starts:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
@@ -61,8 +61,8 @@ def require_active_task_room(agent_id: Any) -> None:
         raise exceeded("max_active_tasks", limit, usage, "active tasks")
 
 
-# Room left under max_runs_per_hour for each of `ids` that has the budget: the budget less
-# the runs started in the past hour and the occurrences already waiting in the queue.
+# For each of `ids` that has a max_runs_per_hour budget: the budget, and what counts
+# against it — the runs started in the past hour and the occurrences waiting in the queue.
 HOURLY_USE = """
 SELECT a.id, a.max_runs_per_hour,
        (SELECT count(*) FROM tasks_run AS r JOIN tasks_task AS t ON t.id = r.task_id
@@ -94,17 +94,21 @@ def hourly_room(agent_ids: Iterable[Any], *, now: datetime | None = None) -> dic
     }
 
 
+def take_room(room: dict[str, int], agent_id: str, wanted: int) -> int:
+    """How many of `wanted` new occurrences `agent_id` may queue, taken from `room` (what
+    `hourly_room` answered; an agent absent from it is unlimited)."""
+    if agent_id not in room:
+        return wanted
+    granted = min(wanted, room[agent_id])
+    room[agent_id] -= granted
+    return granted
+
+
 def require_hourly_room(agent_id: Any, *, now: datetime | None = None) -> None:
     """Raise BudgetExceeded when the agent may queue no more runs this hour (run now)."""
     found = _hourly_use([agent_id], now).get(str(agent_id))
     if found is not None and found[1] >= found[0]:
         raise exceeded("max_runs_per_hour", found[0], found[1], "runs this hour (with queued)")
-
-
-def llm_tokens_today(agent_id: Any, *, now: datetime | None = None) -> int:
-    day = (now or timezone.now()).astimezone(UTC).date()
-    row = AgentLlmUsage.objects.filter(agent_id=agent_id, day=day).values_list("tokens").first()
-    return row[0] if row else 0
 
 
 def agent_usage(agent: Agent, *, now: datetime | None = None) -> dict[str, Any]:
@@ -121,7 +125,7 @@ def agent_usage(agent: Agent, *, now: datetime | None = None) -> dict[str, Any]:
         "max_concurrent_runs": Occurrence.objects.filter(
             agent=agent, state=OccurrenceState.LEASED
         ).count(),
-        "max_llm_tokens_per_day": llm_tokens_today(agent.pk, now=now),
+        "max_llm_tokens_per_day": AgentLlmUsage.tokens_on(agent.pk, now),
     }
     return {
         "agent_id": str(agent.pk),

@@ -37,7 +37,7 @@ from ordinaut.errors import Forbidden, InvalidInput
 from ordinaut.scopes import may_publish, may_receive
 from pipelines.conditions import ConditionError, evaluate_condition
 from tasks import queue as occurrence_queue
-from tasks.budgets import hourly_room
+from tasks.budgets import hourly_room, take_room
 from tasks.delivery.outbox import outbox_add
 from tasks.models import Event, ScheduleKind, SkipReason, Task, TaskStatus
 from tasks.services import record_skipped
@@ -125,7 +125,7 @@ def triggered_tasks(
     )  # fmt: skip
     publisher, topic = document["source_agent_id"], document["topic"]
     targets: list[occurrence_queue.EventTarget] = []
-    held: list = []
+    held: list[Any] = []
     for task_id, kind, expr, priority, key, agent_id, scopes, paused_at in candidates.iterator(
         chunk_size=2000
     ):
@@ -149,10 +149,7 @@ def _within_budget(
     kept: list[occurrence_queue.EventTarget] = []
     over: list[str] = []
     for target in targets:
-        if target.agent_id not in room:
-            kept.append(target)
-        elif room[target.agent_id] > 0:
-            room[target.agent_id] -= 1
+        if take_room(room, target.agent_id, 1):
             kept.append(target)
         else:
             over.append(target.task_id)

@@ -7,9 +7,11 @@ no code path — admin, API, a bug — can write a row the scheduler or worker w
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, date, datetime
+from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import connection, models
 from django.db.models import F, Q
 from django.utils.timezone import now
 
@@ -686,3 +688,26 @@ class AgentLlmUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_id} {self.day}: {self.tokens}"
+
+    @staticmethod
+    def day_of(instant: datetime | None = None) -> date:
+        """The UTC day an instant counts in."""
+        return (instant or now()).astimezone(UTC).date()
+
+    @classmethod
+    def tokens_on(cls, agent_id: Any, instant: datetime | None = None) -> int:
+        """The tokens `agent_id` used on the UTC day of `instant` (default: today)."""
+        found = cls.objects.filter(agent_id=agent_id, day=cls.day_of(instant))
+        return found.values_list("tokens", flat=True).first() or 0
+
+    @classmethod
+    def add(cls, agent_id: Any, tokens: int) -> None:
+        """Add `tokens` to the agent's day, atomically (concurrent steps each add theirs)."""
+        with connection.cursor() as cursor:
+            cursor.execute(_ADD_LLM_USAGE, [str(agent_id), cls.day_of(), tokens])
+
+
+_ADD_LLM_USAGE = """
+INSERT INTO tasks_agentllmusage (agent_id, day, tokens) VALUES (%s, %s, %s)
+ON CONFLICT (agent_id, day) DO UPDATE SET tokens = tasks_agentllmusage.tokens + EXCLUDED.tokens
+"""

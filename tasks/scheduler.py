@@ -35,7 +35,7 @@ from django.utils import timezone
 from agents.services import revoked_tokens_prune
 from ordinaut.database import Listener
 from tasks import approvals, schedules
-from tasks.budgets import hourly_room
+from tasks.budgets import hourly_room, take_room
 from tasks.channels import SCHEDULER_CHANNEL, WORKER_CHANNEL, notify
 from tasks.delivery import outbox, streams, webhooks
 from tasks.models import MisfirePolicy, SchedulerHeartbeat, SkipReason
@@ -159,10 +159,7 @@ def _within_budget(
 ) -> list[tuple[datetime, datetime]]:
     """The plan's occurrences its agent's max_runs_per_hour leaves room for (taking that
     room); the rest move to the plan's ledger as `budget_exceeded`."""
-    if agent_id not in room:
-        return plan.enqueue
-    allowed = plan.enqueue[: room[agent_id]]
-    room[agent_id] -= len(allowed)
+    allowed = plan.enqueue[: take_room(room, agent_id, len(plan.enqueue))]
     over = plan.enqueue[len(allowed) :]
     plan.skipped += [(instant, SkipReason.BUDGET_EXCEEDED) for instant, _ in over]
     return allowed
