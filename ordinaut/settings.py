@@ -285,6 +285,8 @@ SCHEDULER_HEARTBEAT_STALE_SECONDS = env.int("SCHEDULER_HEARTBEAT_STALE_SECONDS",
 # -- pipelines and tools ----------------------------------------------------------------------
 # http.request refuses loopback, private and link-local targets (SSRF) except these hosts.
 HTTP_TOOL_ALLOWED_HOSTS = env.list("HTTP_TOOL_ALLOWED_HOSTS", default=[])
+# The most of a response body http.request keeps (a step may ask for less with max_bytes).
+HTTP_TOOL_MAX_RESPONSE_BYTES = env.int("HTTP_TOOL_MAX_RESPONSE_BYTES", default=5 * 1024 * 1024)
 # llm.chat / llm.plan: any OpenAI-compatible endpoint; the base URL includes /v1.
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
 LLM_API_KEY = env.str("LLM_API_KEY", default="")

@@ -473,6 +473,7 @@ class _Execution:
                 agent=self.agent,
                 correlation_id=self.correlation_id,
                 resumed=resumed,
+                secrets=frozenset(self.templates.revealed),
             )
             outcome = self._attempt(current, tool, arguments, context, bounded_by_run)
             if not isinstance(outcome, _StepFailure):

@@ -393,7 +393,8 @@ def test_http_request_refuses_loopback_unless_allow_listed(local_http, settings)
     _, refused = run_payload(payload)
     assert refused.status == "failed"
     assert refused.retryable is False
-    assert "resolves to 127.0.0.1, an internal address" in refused.error
+    assert "127.0.0.1 is not a public address" in refused.error
+    assert "HTTP_TOOL_ALLOWED_HOSTS" in refused.error
     assert local_http.requests == []
     settings.HTTP_TOOL_ALLOWED_HOSTS = ["127.0.0.1"]
     _, allowed = run_payload(payload)
@@ -406,7 +407,7 @@ def test_http_request_refuses_a_redirect_to_an_internal_address(local_http):
     payload = {"pipeline": [{"id": "get", "uses": "http.request", "with": {"url": url}}]}
     _, result = run_payload(payload)
     assert result.status == "failed"
-    assert "169.254.169.254, an internal address" in result.error
+    assert "169.254.169.254 is not a public address" in result.error
 
 
 def test_llm_chat_calls_the_openai_compatible_endpoint(local_http):

@@ -212,7 +212,7 @@ def test_private_target_not_allow_listed_is_refused_without_a_request(receiver, 
 
     delivery = WebhookDelivery.objects.get()
     assert delivery.status == "failed"
-    assert "internal address" in delivery.last_error
+    assert "127.0.0.1 is not a public address" in delivery.last_error
     assert hook.requests == []
 
 

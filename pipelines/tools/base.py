@@ -66,6 +66,9 @@ class ToolContext:
     correlation_id: str = ""
     # The previous attempt's record of this step, when a waiting step is resumed.
     resumed: dict[str, Any] | None = None
+    # The `${secrets.*}` values rendered so far: a tool must not carry them anywhere their
+    # owner did not send them (http.request drops such headers on a cross-origin redirect).
+    secrets: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

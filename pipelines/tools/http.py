@@ -1,120 +1,191 @@
-"""http.request: an HTTP call with httpx, guarded against server-side request forgery.
+"""http.request: an HTTP call with httpx, guarded against server-side request forgery and
+bounded in size and time.
 
-A pipeline is written by an agent, and the worker sits inside the operator's network: left
-unguarded, `http.request` would let any agent read cloud metadata (169.254.169.254), the
-database's admin port or anything on localhost. Every target (and every redirect hop) is
-resolved first and refused when any of its addresses is loopback, private, link-local,
-reserved, multicast or unspecified, unless its host is in `HTTP_TOOL_ALLOWED_HOSTS`.
+- Every connection, the first and each redirect hop's, goes through pipelines.egress: the
+  host is resolved once, every address must be public, and the socket connects to the
+  address that was checked (`HTTP_TOOL_ALLOWED_HOSTS` is the one way in to internal hosts).
+- The body is streamed and cut at `HTTP_TOOL_MAX_RESPONSE_BYTES` (or the step's smaller
+  `max_bytes`): past it the step fails with `response_too_large`, or, with `truncate: true`,
+  returns the prefix marked `truncated: true`. The step's timeout bounds the whole exchange,
+  redirects and body included, not each read.
+- Redirects are followed by hand, at most MAX_REDIRECTS. A hop to another origin (scheme,
+  host or port) carries no `Authorization`, `Cookie` or `Proxy-Authorization` header and no
+  header holding a `${secrets.*}` value; a 307/308 re-sends the body only to the same origin.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
+import json
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import httpx
 from django.conf import settings
 
+from pipelines import egress
 from pipelines.tools.base import ToolContext, ToolError, ToolSpec, ToolTimeout
 
 MAX_REDIRECTS = 5
-MAX_BODY_BYTES = 5 * 1024 * 1024
 _RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
-
-
-def allowed_hosts() -> set[str]:
-    """Hosts exempt from the private-address check (setting HTTP_TOOL_ALLOWED_HOSTS)."""
-    return {host.lower().strip() for host in settings.HTTP_TOOL_ALLOWED_HOSTS}
+# Credentials the caller meant for the first origin only (as browsers and curl do).
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+_BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def check_target(url: str) -> None:
-    """Raise ToolError (not retryable) when `url` is not http(s) or reaches a private address."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ToolError(f"http.request: {url!r} is not an http(s) URL", retryable=False)
-    host = parts.hostname.lower()
-    if host in allowed_hosts():
-        return
+    """Raise ToolError (not retryable) when `url` is not http(s) or names an internal IP
+    literal; names are checked when connecting (pipelines.egress)."""
     try:
-        infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise ToolError(f"http.request: cannot resolve {host}: {exc}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if _is_internal(address):
+        egress.check_url(url)
+    except egress.EgressRefused as exc:
+        raise ToolError(f"http.request: {exc.message}", retryable=False) from exc
+
+
+@dataclass(frozen=True)
+class _Hop:
+    """One request of the chain: what it sends and where."""
+
+    method: str
+    url: httpx.URL
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)
+
+    def origin(self) -> tuple[str, str, int]:
+        return _origin(self.url)
+
+    def follow(self, response: httpx.Response, secrets: frozenset[str]) -> _Hop:
+        """The next hop of a redirect: what of this request it may carry, and where."""
+        location = response.headers.get("location")
+        if not location:
             raise ToolError(
-                f"http.request: {host} resolves to {address}, an internal address; "
-                "add the host to HTTP_TOOL_ALLOWED_HOSTS to allow it",
+                f"http.request: {response.status_code} redirect without a Location header",
                 retryable=False,
             )
+        target = egress.check_url(self.url.join(location))
+        same_origin = _origin(target) == self.origin()
+        method, body, headers = self.method, self.body, self.headers
+        if response.status_code in (301, 302, 303) and method != "HEAD":
+            method, body = "GET", {}
+        elif body and not same_origin:
+            raise ToolError(
+                f"http.request: {response.status_code} redirect from {self.url} to another "
+                f"origin ({target}) would re-send the request body; not followed",
+                retryable=False,
+            )
+        if not same_origin:
+            headers = {
+                name: value
+                for name, value in headers.items()
+                if name.lower() not in CREDENTIAL_HEADERS
+                and not any(secret in value for secret in secrets)
+            }
+        if not body:
+            headers = {k: v for k, v in headers.items() if k.lower() not in _BODY_HEADERS}
+        return replace(self, method=method, url=target, headers=headers, body=body)
 
 
-def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
-    return (
-        address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_reserved
-        or address.is_multicast
-        or address.is_unspecified
-    )
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    return (url.scheme, url.host.lower(), url.port or _DEFAULT_PORTS.get(url.scheme, 0))
+
+
+def max_response_bytes(arguments: dict[str, Any]) -> int:
+    """The step's byte cap: its `max_bytes`, never above HTTP_TOOL_MAX_RESPONSE_BYTES."""
+    ceiling = int(settings.HTTP_TOOL_MAX_RESPONSE_BYTES)
+    return min(int(arguments.get("max_bytes") or ceiling), ceiling)
 
 
 def request(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
-    method = arguments.get("method", "GET").upper()
-    url = arguments["url"]
     timeout = min(float(arguments.get("timeout", context.timeout)), context.timeout)
-    content = arguments.get("body")
+    hop = _first_hop(arguments)
+    deadline = time.monotonic() + timeout
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-            # Redirects are followed by hand so that every hop passes the same guard.
+        with egress.client(timeout=timeout, deadline=deadline) as client:
             for _ in range(MAX_REDIRECTS + 1):
-                check_target(url)
-                response = client.request(
-                    method,
-                    url,
-                    headers=arguments.get("headers"),
-                    params=arguments.get("params"),
-                    json=arguments.get("json"),
-                    content=content.encode() if isinstance(content, str) else None,
-                )
-                if not response.is_redirect:
-                    break
-                url = urljoin(url, response.headers["location"])
-                if response.status_code in (301, 302, 303):
-                    method, content = ("GET", None) if method != "HEAD" else (method, None)
-            else:
-                reason = f"http.request: more than {MAX_REDIRECTS} redirects"
-                raise ToolError(reason, retryable=False)
+                with client.stream(hop.method, hop.url, headers=hop.headers, **hop.body) as answer:
+                    if not answer.is_redirect:
+                        body, truncated = _read_capped(answer, arguments)
+                        return _checked(arguments, hop, answer, body, truncated)
+                    hop = hop.follow(answer, context.secrets)
+    except egress.EgressRefused as exc:
+        raise ToolError(f"http.request: {exc.message}", retryable=False) from exc
     except httpx.TimeoutException as exc:
-        raise ToolTimeout(f"http.request: {method} {url} timed out after {timeout:g}s") from exc
+        raise ToolTimeout(
+            f"http.request: {hop.method} {hop.url} timed out after {timeout:g}s"
+        ) from exc
     except httpx.HTTPError as exc:
-        raise ToolError(f"http.request: {method} {url} failed: {exc}") from exc
-    result = _result(response)
+        raise ToolError(f"http.request: {hop.method} {hop.url} failed: {exc}") from exc
+    raise ToolError(f"http.request: more than {MAX_REDIRECTS} redirects", retryable=False)
+
+
+def _first_hop(arguments: dict[str, Any]) -> _Hop:
+    try:
+        url = egress.check_url(arguments["url"])
+    except egress.EgressRefused as exc:
+        raise ToolError(f"http.request: {exc.message}", retryable=False) from exc
+    if arguments.get("params"):
+        url = url.copy_merge_params(arguments["params"])
+    body: dict[str, Any] = {}
+    if "json" in arguments:
+        body["json"] = arguments["json"]
+    elif isinstance(arguments.get("body"), str):
+        body["content"] = arguments["body"].encode()
+    method = arguments.get("method", "GET").upper()
+    return _Hop(method=method, url=url, headers=dict(arguments.get("headers") or {}), body=body)
+
+
+def _read_capped(response: httpx.Response, arguments: dict[str, Any]) -> tuple[bytes, bool]:
+    """The (decoded) body up to the cap, and whether more was there. Without `truncate`, a
+    longer body fails the step, as soon as its Content-Length or its bytes show it."""
+    cap = max_response_bytes(arguments)
+    truncate = bool(arguments.get("truncate"))
+    declared = response.headers.get("content-length", "")
+    if not truncate and declared.isdigit() and int(declared) > cap:
+        raise _too_large(response, cap)
+    kept = bytearray()
+    for chunk in response.iter_bytes():
+        kept += chunk
+        if len(kept) > cap:
+            if not truncate:
+                raise _too_large(response, cap)
+            return bytes(kept[:cap]), True
+    return bytes(kept), False
+
+
+def _too_large(response: httpx.Response, cap: int) -> ToolError:
+    return ToolError(
+        f"http.request: response_too_large: {response.request.method} {response.url} "
+        f"sent more than {cap} bytes (HTTP_TOOL_MAX_RESPONSE_BYTES / max_bytes; "
+        "`truncate: true` keeps the first bytes instead)",
+        retryable=False,
+    )
+
+
+def _checked(
+    arguments: dict[str, Any], hop: _Hop, response: httpx.Response, body: bytes, truncated: bool
+) -> dict[str, Any]:
+    result = _result(response, body, truncated)
     if arguments.get("raise_for_status", True) and response.status_code >= 400:
         raise ToolError(
-            f"http.request: {method} {url} answered {response.status_code}: "
+            f"http.request: {hop.method} {hop.url} answered {response.status_code}: "
             f"{str(result.get('text', result.get('json')))[:200]}",
             retryable=response.status_code in _RETRYABLE_STATUS,
         )
     return result
 
 
-def _result(response: httpx.Response) -> dict[str, Any]:
+def _result(response: httpx.Response, body: bytes, truncated: bool) -> dict[str, Any]:
     result: dict[str, Any] = {
         "status": response.status_code,
         "headers": dict(response.headers),
         "url": str(response.url),
     }
-    body = response.content[:MAX_BODY_BYTES]
-    if "json" in response.headers.get("content-type", ""):
+    if truncated:
+        result["truncated"] = True
+    elif "json" in response.headers.get("content-type", ""):
         try:
-            result["json"] = response.json()
+            result["json"] = json.loads(body)
             return result
         except ValueError:
             pass
@@ -126,8 +197,10 @@ TOOLS = [
     ToolSpec(
         name="http.request",
         description=(
-            "HTTP request (httpx). Internal addresses are refused unless allow-listed. "
-            "Output: status, headers, url, and json (JSON responses) or text."
+            "HTTP request (httpx). Internal addresses are refused unless allow-listed; "
+            "the body is capped (max_bytes, truncate) and the timeout bounds the whole call. "
+            "Output: status, headers, url, and json (JSON responses) or text "
+            "(with truncated: true when cut)."
         ),
         input_schema={
             "type": "object",
@@ -142,6 +215,8 @@ TOOLS = [
                 "body": {"type": "string"},
                 "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
                 "raise_for_status": {"type": "boolean"},
+                "max_bytes": {"type": "integer", "minimum": 1},
+                "truncate": {"type": "boolean"},
             },
         },
         output_schema={"type": "object", "required": ["status", "headers"]},

@@ -21,8 +21,10 @@ agent's own (agents.credentials.webhook_secret, shown once when the agent is cre
 webhook_url or its key rotated); agents without one get the deployment's fallback key,
 `X-Ordinaut-Key-Id: deployment`. See docs/events.md for the receiver's recipe.
 
-Targets pass the same server-side request forgery guard as the http.request tool: loopback,
-private, link-local... addresses are refused unless the host is in HTTP_TOOL_ALLOWED_HOSTS.
+Targets pass the same server-side request forgery guard as the http.request tool
+(pipelines.egress): the host is resolved once, every address must be public, and the POST
+goes to the address that was checked, unless the host is in HTTP_TOOL_ALLOWED_HOSTS.
+Redirects are not followed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.credentials import webhook_secret
+from pipelines import egress
 from tasks.models import (
     WEBHOOK_EVENT_TYPES,
     WebhookAttempt,
@@ -301,17 +304,12 @@ def encode_body(payload: dict[str, Any]) -> bytes:
 def post(client: httpx.Client, claimed: ClaimedDelivery) -> AttemptResult:
     """POST one delivery, signed with its agent's key; never raises. Touches no database
     (runs in a thread)."""
-    from pipelines.tools.base import ToolError
-    from pipelines.tools.http import check_target
-
     started, clock = timezone.now(), time.monotonic()
     result = AttemptResult(started_at=started)
     try:
-        check_target(claimed.url)
-    except ToolError as exc:
-        result.error = f"refused: {exc.message.removeprefix('http.request: ')}"
-        result.retryable = exc.retryable
-        return result
+        egress.check_url(claimed.url)
+    except egress.EgressRefused as exc:
+        return _refused(result, exc)
     body = encode_body(claimed.payload)
     timestamp = str(int(time.time()))
     key_id, secret = claimed.signing_key()
@@ -337,9 +335,18 @@ def post(client: httpx.Client, claimed: ClaimedDelivery) -> AttemptResult:
         result.response_excerpt = _storable(text)
         if not result.delivered:
             result.error = f"HTTP {response.status_code}"
+    except egress.EgressRefused as exc:  # the name resolved to an internal address
+        return _refused(result, exc)
     except Exception as exc:  # network errors, and whatever a strange receiver provokes
         result.error = _storable(f"{type(exc).__name__}: {exc}")
     result.duration_ms = (time.monotonic() - clock) * 1000
+    return result
+
+
+def _refused(result: AttemptResult, exc: egress.EgressRefused) -> AttemptResult:
+    """A target the guard refused: recorded, and not retried (the same guard would refuse)."""
+    result.error = _storable(f"refused: {exc.message}")
+    result.retryable = False
     return result
 
 
@@ -415,7 +422,8 @@ def send_due(*, now: datetime | None = None, budget: float | None = None) -> Web
             if not claimed:
                 break
             if client is None:
-                client = httpx.Client(timeout=timeout, follow_redirects=False)
+                limits = httpx.Limits(max_connections=concurrency)
+                client = egress.client(timeout=timeout, limits=limits)
                 pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="webhook")
             results = list(pool.map(partial(post, client), claimed))
             for item, result in zip(claimed, results, strict=True):
