@@ -1,13 +1,19 @@
 """Agents and credentials in the console. Every write goes through `agents.services`, so
 the admin's changes carry the same validation and audit rows as the API's."""
 
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import patch_cache_control
 
+from agents.credentials import webhook_secret
 from agents.models import BUDGETS, Agent, Credential
 from agents.services import (
     AGENT_UPDATABLE_FIELDS,
@@ -52,6 +58,30 @@ class CredentialInline(admin.TabularInline):
         return False
 
 
+@dataclass(frozen=True)
+class _Issued:
+    agent: Agent
+    label: str
+    secret: str
+    kind: str
+
+
+def secrets_page(
+    request: HttpRequest, title: str, issued: list[_Issued], next_url: str | None = None
+) -> TemplateResponse:
+    """The page that shows new secrets once: in this response only, never in a message
+    (messages are kept in a cookie or the session) and never cached."""
+    context = {
+        **admin.site.each_context(request),
+        "title": title,
+        "issued": issued,
+        "next_url": next_url or reverse("admin:agents_agent_changelist"),
+    }
+    response = TemplateResponse(request, "admin/agents/agent/secrets_issued.html", context)
+    patch_cache_control(response, no_store=True, private=True)
+    return response
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
     list_display = ["name", "status", "scope_list", "credential_count", "created_at"]
@@ -91,20 +121,20 @@ class AgentAdmin(admin.ModelAdmin):
         self._switch(request, queryset, agent_resume, "resumed")
 
     @admin.action(description="Rotate webhook signing secret", permissions=["change"])
-    def rotate_webhook_secret(self, request, queryset) -> None:  # noqa: ANN001
+    def rotate_webhook_secret(self, request, queryset) -> TemplateResponse | None:  # noqa: ANN001
         actor = Actor.user(request.user)
+        issued: list[_Issued] = []
         for agent in queryset:
             try:
                 rotated, secret = agent_webhook_secret_rotate(agent_id=agent.pk, actor=actor)
             except Conflict as exc:
                 self.message_user(request, exc.message, messages.WARNING)
                 continue
-            self.message_user(
-                request,
-                f"Webhook secret for {rotated.name} (key {rotated.webhook_key_id}): {secret} — "
-                "copy it to the receiver now; it is not shown again.",
-                messages.WARNING,
-            )
+            issued.append(_Issued(rotated, f"webhook signing secret (key {rotated.webhook_key_id})",
+                                  secret, "webhook"))  # fmt: skip
+        if issued:
+            return secrets_page(request, "Webhook secrets rotated", issued)
+        return None
 
     def _switch(self, request, queryset, service, done: str) -> None:  # noqa: ANN001
         actor, changed, refused = Actor.user(request.user), 0, []
@@ -140,11 +170,20 @@ class AgentAdmin(admin.ModelAdmin):
             agent_update(agent_id=agent.pk, changes={"budgets": budgets}, actor=actor)
         obj.pk = agent.pk
         obj.created_at = agent.created_at
-        messages.warning(
-            request,
-            f"Secret for {agent.name}: {secret} — copy it now, it is stored only as a hash "
-            "and will not be shown again.",
-        )
+        issued = [_Issued(agent, "agent secret (POST /agents/auth/token)", secret, "agent")]
+        if agent.webhook_key_id:
+            label = f"webhook signing secret (key {agent.webhook_key_id})"
+            hook = webhook_secret(agent.pk, agent.webhook_key_id)
+            issued.append(_Issued(agent, label, hook, "webhook"))
+        # Shown by response_add, in the response itself.
+        request.issued_secrets = issued
+
+    def response_add(self, request, obj, post_url_continue=None) -> HttpResponse:  # noqa: ANN001
+        issued = getattr(request, "issued_secrets", None)
+        if not issued:
+            return super().response_add(request, obj, post_url_continue)
+        return secrets_page(request, f"Agent {obj.name} created", issued,
+                            reverse("admin:agents_agent_change", args=[obj.pk]))  # fmt: skip
 
     def _update(self, obj: Agent, form: forms.ModelForm, actor: Actor) -> None:
         changes: dict[str, Any] = {

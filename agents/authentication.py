@@ -131,8 +131,9 @@ def _authenticate_api_key(raw: str) -> tuple[Agent, Grant]:
     key_id = parse_key_id(raw, API_KEY_PREFIX)
     found = _credential(key_id=key_id, kinds=[CredentialKind.API_KEY.value]) if key_id else None
     credential = found[0] if found else None
-    if credential is None or not verify_api_key(raw, credential.secret_hash):
+    if not verify_api_key(raw, credential.secret_hash if credential else None):
         raise exceptions.AuthenticationFailed("Invalid token.")
+    assert credential is not None  # verify_api_key refuses a missing one
     agent = _usable_agent(credential)
     _touch(credential)
     return agent, Grant(frozenset(agent.scopes), "api_key", credential.key_id)

@@ -11,6 +11,7 @@ must cost microseconds. A leaked database alone cannot be used to forge or test 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -23,6 +24,7 @@ SECRET_PREFIX = "ord_s_"  # noqa: S105 (a prefix, not a secret)
 API_KEY_PREFIX = "ord_k_"
 # Stored API key hashes carry their scheme so a future change of algorithm can coexist.
 _API_KEY_SCHEME = "hmac_sha256$"
+_NO_API_KEY = _API_KEY_SCHEME + "0" * 64  # never an HMAC's output in practice
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,23 @@ def parse_key_id(token: str, prefix: str = SECRET_PREFIX) -> str | None:
     return key_id
 
 
-def verify_secret(token: str, stored_hash: str) -> bool:
-    """Constant-time check of a presented secret against its stored hash."""
+def verify_secret(token: str, stored_hash: str | None) -> bool:
+    """Constant-time check of a presented secret against its stored hash.
+
+    With no stored hash (an unknown key id) the secret is checked against a dummy one all
+    the same and refused: the slow hash costs the same either way, so the answer's timing
+    does not tell which key ids exist.
+    """
+    if stored_hash is None:
+        check_password(token, _dummy_hash())
+        return False
     return check_password(token, stored_hash)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    # Made with the current default hasher, so it costs what a real secret's check does.
+    return make_password(secrets.token_urlsafe(32))
 
 
 def issue_api_key() -> IssuedSecret:
@@ -70,9 +86,11 @@ def hash_api_key(token: str) -> str:
     return f"{_API_KEY_SCHEME}{digest}"
 
 
-def verify_api_key(token: str, stored_hash: str) -> bool:
-    """Constant-time check of a presented API key against its stored keyed hash."""
-    return hmac.compare_digest(hash_api_key(token), stored_hash)
+def verify_api_key(token: str, stored_hash: str | None) -> bool:
+    """Constant-time check of a presented API key against its stored keyed hash (an unknown
+    key id, None, is hashed and compared all the same, and refused)."""
+    matches = hmac.compare_digest(hash_api_key(token), stored_hash or _NO_API_KEY)
+    return matches and stored_hash is not None
 
 
 # -- webhook signing keys ---------------------------------------------------------------------

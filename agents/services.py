@@ -35,6 +35,7 @@ from agents.signals import agent_halted, agent_restored
 from audit import record
 from audit.services import Actor
 from ordinaut.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from ordinaut.masking import mask_url
 from ordinaut.scopes import GLOB_PREFIXES, SCOPE_PATTERN
 
 _SCOPE_RE = re.compile(SCOPE_PATTERN)
@@ -224,7 +225,7 @@ def agent_update(*, agent_id: Any, changes: dict[str, Any], actor: Actor) -> Age
             agent.save()
             _announce_work(agent, halted_since, now)
             diff = {
-                field: {"before": before[field], "after": value}
+                field: {"before": _audited(field, before[field]), "after": _audited(field, value)}
                 for field, value in changes.items()
                 if before[field] != value
             }
@@ -244,6 +245,11 @@ def _announce_work(agent: Agent, halted_since: datetime | None, now: datetime) -
         agent_halted.send(sender=Agent, agent=agent, at=now)
     elif halted_since is not None and agent.halted_since is None:
         agent_restored.send(sender=Agent, agent=agent, since=halted_since, at=now)
+
+
+def _audited(field: str, value: Any) -> Any:
+    """A changed value as the audit log keeps it: a webhook URL without its credentials."""
+    return mask_url(value) if field == "webhook_url" and value else value
 
 
 def agent_webhook_secret_rotate(*, agent_id: Any, actor: Actor) -> tuple[Agent, str]:
@@ -427,9 +433,11 @@ def token_exchange(*, agent_id: str, agent_secret: str | None) -> tuple[Agent, t
         .filter(key_id=key_id, agent_id=agent_uuid, kind=CredentialKind.SECRET)
         .first()
     )
+    # The hash is checked even for an unknown key id (against a dummy), so a refusal takes
+    # as long whether or not the key id exists.
     if (
-        credential is None
-        or not verify_secret(agent_secret, credential.secret_hash)
+        not verify_secret(agent_secret, credential.secret_hash if credential else None)
+        or credential is None
         or not credential.is_usable()
         or not credential.agent.is_active
     ):

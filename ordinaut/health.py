@@ -7,6 +7,8 @@ the single source of truth, is unreachable. `/health/ready` and `/health/live` a
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +23,8 @@ from django.views.decorators.http import require_http_methods
 from django_prometheus.exports import ExportToDjangoView
 
 import ordinaut
+from ordinaut.errors import error_body
+from ordinaut.middleware import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -211,5 +215,32 @@ def index(request: HttpRequest) -> JsonResponse:
 
 @require_http_methods(["GET", "HEAD"])
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus exposition (django-prometheus collectors)."""
-    return ExportToDjangoView(request)
+    """Prometheus exposition (django-prometheus collectors), for a bearer METRICS_TOKEN or a
+    client address in METRICS_ALLOWED_NETS: the series name tools, hosts and error rates."""
+    refused = metrics_refusal(request)
+    return refused if refused is not None else ExportToDjangoView(request)
+
+
+def metrics_refusal(request: HttpRequest) -> HttpResponse | None:
+    """The 401/403 for a scraper that is neither allowed by address nor holds the token."""
+    token = settings.METRICS_TOKEN
+    presented = request.headers.get("Authorization", "")
+    if token and hmac.compare_digest(presented.encode(), f"Bearer {token}".encode()):
+        return None
+    address = client_ip(request)
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        ip = None
+    if ip is not None and any(ip in net for net in settings.METRICS_ALLOWED_NETS):
+        return None
+    if token:
+        message = "/metrics needs Authorization: Bearer <METRICS_TOKEN>"
+        response = JsonResponse(error_body("unauthenticated", message), status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    message = (
+        f"/metrics is not open to {address}: set METRICS_TOKEN or add the scraper's network "
+        "to METRICS_ALLOWED_NETS"
+    )
+    return JsonResponse(error_body("forbidden", message), status=403)

@@ -55,6 +55,26 @@ def client_ip(request: HttpRequest) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
+class SecureCookiesMiddleware:
+    """Mark every cookie set on a request that came over HTTPS `Secure`.
+
+    SESSION_COOKIE_SECURE and CSRF_COOKIE_SECURE are all-or-nothing, so a deployment
+    reachable over both plain HTTP (a health port, `make dev`) and HTTPS would leave them
+    off; this covers the HTTPS side whatever they say. Behind a TLS-terminating proxy it
+    needs SECURE_PROXY_SSL_HEADER so that `request.is_secure()` knows.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if request.is_secure():
+            for morsel in response.cookies.values():
+                morsel["secure"] = True
+        return response
+
+
 # -- browser sessions: the admin only ---------------------------------------------------------
 # The API authenticates every request with a bearer token and never reads a session, a
 # message or request.user; only the admin (mounted at /admin/ in ordinaut/urls.py) does.

@@ -8,6 +8,8 @@ strong SECRET_KEY and a DATABASE_URL, and otherwise serves plain HTTP behind a p
 from __future__ import annotations
 
 import hashlib
+import hmac
+import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -42,6 +44,28 @@ if len(SECRET_KEY) < MIN_SECRET_KEY_LENGTH:
         "print(secrets.token_urlsafe(64))')"
     )
 
+# Keys for other uses are derived from SECRET_KEY, one per use, unless set: a key that leaks
+# (a receiver's, a token verifier's) reveals neither SECRET_KEY nor the others. A key that is
+# set must be long enough to resist guessing.
+MIN_SIGNING_KEY_BYTES = 32
+
+
+def _signing_key(variable: str, derived: str) -> str:
+    value = env.str(variable, default="")
+    if not value:
+        return derived
+    if not DEBUG and len(value.encode()) < MIN_SIGNING_KEY_BYTES:
+        raise ImproperlyConfigured(
+            f"{variable} must be at least {MIN_SIGNING_KEY_BYTES} bytes when DEBUG is off "
+            "(leave it unset to derive one from SECRET_KEY)"
+        )
+    return value
+
+
+def _derive(label: str) -> str:
+    return hmac.new(SECRET_KEY.encode(), label.encode(), hashlib.sha256).hexdigest()
+
+
 # We never build absolute URLs from the Host header (no password-reset mails), so the
 # default accepts any host and leaves host filtering to the reverse proxy; narrow it here.
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
@@ -51,12 +75,26 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+# Forced on for the whole site; without them, every cookie set on a request that came over
+# HTTPS is still marked Secure (ordinaut.middleware.SecureCookiesMiddleware).
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
 # Take the client address for the audit log from X-Forwarded-For (only behind a proxy).
 TRUST_X_FORWARDED_FOR = env.bool("TRUST_X_FORWARDED_FOR", default=False)
 if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# /metrics answers a bearer METRICS_TOKEN, or a client in METRICS_ALLOWED_NETS (loopback by
+# default, for a Prometheus on the same host); anyone else gets 401/403.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+try:
+    METRICS_ALLOWED_NETS = [
+        ipaddress.ip_network(net.strip(), strict=False)
+        for net in env.list("METRICS_ALLOWED_NETS", default=["127.0.0.0/8", "::1/128"])
+        if net.strip()
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETS: {exc}") from exc
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
@@ -83,6 +121,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "ordinaut.middleware.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "ordinaut.middleware.SecureCookiesMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "ordinaut.middleware.AdminSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -218,7 +257,7 @@ SIMPLE_JWT = {
     ),
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("JWT_REFRESH_TOKEN_EXPIRE_DAYS", default=30)),
     "ALGORITHM": "HS256",
-    "SIGNING_KEY": env.str("JWT_SECRET_KEY", default="") or SECRET_KEY,
+    "SIGNING_KEY": _signing_key("JWT_SECRET_KEY", _derive("ordinaut.jwt.signing.v1")),
     "USER_ID_CLAIM": "sub",
     "ISSUER": "ordinaut",
     "LEEWAY": 5,
@@ -230,9 +269,11 @@ SIMPLE_JWT = {
 AUTH_CACHE_SECONDS = env.float("AUTH_CACHE_SECONDS", default=30.0)
 # Key of the HMAC that stores API keys. Derived from SECRET_KEY unless set, so a deployment
 # needs no extra secret; set it explicitly to rotate SECRET_KEY without invalidating keys.
-API_KEY_HMAC_SECRET = (
-    env.str("API_KEY_HMAC_SECRET", default="")
-    or hashlib.sha256(f"ordinaut-api-key-hmac:{SECRET_KEY}".encode()).hexdigest()
+API_KEY_HMAC_SECRET = _signing_key(
+    "API_KEY_HMAC_SECRET",
+    # The derivation API keys have been stored under since the first release (kept as is:
+    # a new one would invalidate every key).
+    hashlib.sha256(f"ordinaut-api-key-hmac:{SECRET_KEY}".encode()).hexdigest(),
 )
 
 SPECTACULAR_SETTINGS = {
@@ -305,8 +346,9 @@ OUTBOX_RELAY_BATCH = env.int("OUTBOX_RELAY_BATCH", default=1000)
 OUTBOX_RETENTION_SECONDS = env.int("OUTBOX_RETENTION_SECONDS", default=7 * 86400)
 APPROVAL_DEFAULT_EXPIRES_SECONDS = env.int("APPROVAL_DEFAULT_EXPIRES_SECONDS", default=86400)
 APPROVALS_ALLOW_SELF_DECISION = env.bool("APPROVALS_ALLOW_SELF_DECISION", default=False)
-# Empty: tasks/delivery/webhooks.py derives the signing key from SECRET_KEY.
-WEBHOOK_SIGNING_SECRET = env.str("WEBHOOK_SIGNING_SECRET", default="")
+# The fallback key for agents without their own (opt-in, for receivers not yet moved to
+# per-agent keys). Empty: tasks/delivery/webhooks.py derives it from SECRET_KEY.
+WEBHOOK_SIGNING_SECRET = _signing_key("WEBHOOK_SIGNING_SECRET", "")
 WEBHOOK_RETRY_WINDOW_SECONDS = env.int("WEBHOOK_RETRY_WINDOW_SECONDS", default=86400)
 WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=10.0)
 WEBHOOK_RETRY_MAX_DELAY_SECONDS = env.float("WEBHOOK_RETRY_MAX_DELAY_SECONDS", default=3600.0)

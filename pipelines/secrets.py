@@ -70,10 +70,14 @@ class RedactSecretsFilter(logging.Filter):
     def __init__(self, name: str = "") -> None:
         super().__init__(name)
         self._needles: list[str] | None = None
+        self._source: object = None
 
     def needles(self) -> list[str]:
-        if self._needles is None:
-            # Read once: settings and the environment are fixed for the process's life.
+        configured = settings.PIPELINE_SECRETS
+        if self._needles is None or configured is not self._source:
+            # Read once: settings and the environment are fixed for the process's life
+            # (read again when the setting is replaced, as a test's override does).
+            self._source = configured
             values = {value for value in configured_secrets().values() if value}
             self._needles = sorted(values, key=len, reverse=True)
         return self._needles

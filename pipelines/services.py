@@ -11,6 +11,7 @@ from django.utils import timezone
 from audit import record
 from audit.services import Actor
 from ordinaut.errors import InvalidInput
+from ordinaut.masking import mask_args, mask_url
 from pipelines import mcp_client
 from pipelines.models import SERVER_NAME_PATTERN, McpServer, Transport
 from pipelines.tools.base import ToolError
@@ -67,8 +68,9 @@ def mcp_server_upsert(
             details={
                 "transport": server.transport,
                 "command": server.command,
-                "args": server.args,
-                "url": server.url,
+                # Masked: arguments and URLs may carry credentials.
+                "args": mask_args(server.args),
+                "url": mask_url(server.url),
                 # Names only: values may be secrets.
                 "env": sorted(server.env),
                 "headers": sorted(server.headers),

@@ -46,6 +46,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.credentials import webhook_secret
+from ordinaut.masking import mask_url
 from pipelines import egress
 from tasks.models import (
     WEBHOOK_EVENT_TYPES,
@@ -394,7 +395,7 @@ def record_attempt(claimed: ClaimedDelivery, result: AttemptResult, *, now: date
     if status == WebhookStatus.FAILED:
         logger.warning(
             "webhook delivery %s to %s failed for good after %d attempt(s): %s",
-            claimed.id, claimed.url, claimed.attempt, result.error,
+            claimed.id, mask_url(claimed.url), claimed.attempt, result.error,
             extra={"webhook_delivery_id": claimed.id},
         )  # fmt: skip
     return status
