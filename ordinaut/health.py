@@ -20,7 +20,6 @@ from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
-from django_prometheus.exports import ExportToDjangoView
 
 import ordinaut
 from ordinaut.errors import error_body
@@ -211,14 +210,6 @@ def index(request: HttpRequest) -> JsonResponse:
             "metrics_url": "/metrics",
         }
     )
-
-
-@require_http_methods(["GET", "HEAD"])
-def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus exposition (django-prometheus collectors), for a bearer METRICS_TOKEN or a
-    client address in METRICS_ALLOWED_NETS: the series name tools, hosts and error rates."""
-    refused = metrics_refusal(request)
-    return refused if refused is not None else ExportToDjangoView(request)
 
 
 def metrics_refusal(request: HttpRequest) -> HttpResponse | None:

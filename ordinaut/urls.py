@@ -13,6 +13,7 @@ from ordinaut import health
 from ordinaut.errors import json_404
 from pipelines import api as pipelines_api
 from tasks import api as tasks_api
+from tasks import metrics as tasks_metrics
 
 
 def route(pattern: str, view: object, name: str) -> list[URLPattern]:
@@ -25,7 +26,7 @@ urlpatterns = [
     *route("health", health.health, "health"),
     *route("health/ready", health.ready, "health-ready"),
     *route("health/live", health.live, "health-live"),
-    path("metrics", health.metrics, name="metrics"),
+    path("metrics", tasks_metrics.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     # -- API documentation
     *route("openapi.json", SpectacularJSONAPIView.as_view(), "openapi"),

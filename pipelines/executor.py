@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
+from ordinaut import metrics
 from ordinaut.correlation import reset_correlation_id, set_correlation_id
 from ordinaut.errors import InvalidInput
 from pipelines.conditions import ConditionError, evaluate_condition
@@ -123,7 +124,10 @@ class _StepRun:
         self.record["output"] = redact_value(output)
         self.record["error"] = redact_value(error)
         self.record["finished_at"] = timezone.now().isoformat()
-        self.record["duration_ms"] = round((time.monotonic() - self.clock) * 1000, 3)
+        seconds = time.monotonic() - self.clock
+        self.record["duration_ms"] = round(seconds * 1000, 3)
+        if status != StepStatus.SKIPPED:
+            metrics.STEP_DURATION.labels(self.uses).observe(seconds)
         level = logging.WARNING if status == StepStatus.FAILED else logging.INFO
         logger.log(
             level,

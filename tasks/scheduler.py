@@ -33,6 +33,7 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from agents.services import revoked_tokens_prune
+from ordinaut import metrics
 from ordinaut.database import Listener
 from tasks import approvals, schedules
 from tasks.budgets import hourly_room, take_room
@@ -366,6 +367,7 @@ class Scheduler:
                     self._listener.connect()
                 started = time.monotonic()
                 result = self.tick()
+                metrics.enqueued(result.lags)
                 self.housekeeping()
                 self._heartbeat(result)
                 self._log_tick(result, time.monotonic() - started)

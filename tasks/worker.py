@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connection
 from django.utils import timezone
 
+from ordinaut import metrics
 from ordinaut.correlation import reset_correlation_id, set_correlation_id
 from ordinaut.database import Listener
 from pipelines.executor import ExecutionResult, execute
@@ -296,6 +297,7 @@ class Worker:
         if not outcomes:
             return 0
         counts = self._finish(outcomes)
+        metrics.run_finished((o.status, o.duration_ms / 1000) for o in outcomes)
         self._unrecorded = []
         for outcome in outcomes:
             self._in_flight.pop(outcome.claimed.occurrence_id, None)

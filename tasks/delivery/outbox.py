@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from ordinaut import metrics
 from tasks.models import WEBHOOK_EVENT_TYPES, OutboxMessage
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def relay(client: Any, *, batch: int | None = None, max_batches: int = 20) -> in
             # Stamped only after Redis took them; the commit releases the lock.
             cursor.execute(MARK_SENT, [[row[0] for row in rows]])
             published += len(rows)
+        metrics.EVENTS_PUBLISHED.inc(len(rows))
         if len(rows) < batch:
             return published
     return published

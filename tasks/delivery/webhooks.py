@@ -46,6 +46,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.credentials import webhook_secret
+from ordinaut import metrics
 from ordinaut.masking import mask_url
 from pipelines import egress
 from tasks.models import (
@@ -363,6 +364,14 @@ def delivery_retry_delay(attempt: int) -> float:
     return min(cap, base * 2 ** max(0, attempt - 1))
 
 
+# ordinaut_webhook_deliveries_total{result}: an attempt that will be tried again is "retry".
+_RESULT_LABEL = {
+    WebhookStatus.DELIVERED: "delivered",
+    WebhookStatus.PENDING: "retry",
+    WebhookStatus.FAILED: "failed",
+}
+
+
 def record_attempt(claimed: ClaimedDelivery, result: AttemptResult, *, now: datetime) -> str:
     """Store the attempt and move the delivery on; return its new status.
 
@@ -392,6 +401,7 @@ def record_attempt(claimed: ClaimedDelivery, result: AttemptResult, *, now: date
             last_error=result.error,
             delivered_at=now if status == WebhookStatus.DELIVERED else None,
         )
+    metrics.WEBHOOK_DELIVERIES.labels(_RESULT_LABEL[status]).inc()
     if status == WebhookStatus.FAILED:
         logger.warning(
             "webhook delivery %s to %s failed for good after %d attempt(s): %s",

@@ -4,6 +4,7 @@ import threading
 
 from django.core.management.base import BaseCommand
 
+from ordinaut import metrics
 from tasks.scheduler import Scheduler
 
 logger = logging.getLogger("tasks.scheduler")
@@ -17,8 +18,10 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, help="tasks per transaction")
         parser.add_argument("--lookahead", type=float, help="seconds to enqueue ahead of time")
         parser.add_argument("--poll-interval", type=float, help="longest sleep between ticks")
+        metrics.add_arguments(parser)
 
     def handle(self, *args, **options) -> None:  # noqa: ANN002, ANN003
+        metrics.serve_from_options(options)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())

@@ -5,6 +5,7 @@ import threading
 
 from django.core.management.base import BaseCommand
 
+from ordinaut import metrics
 from tasks.worker import Worker
 
 logger = logging.getLogger("ordinaut.worker")  # the worker module's own logger
@@ -28,7 +29,10 @@ class Command(BaseCommand):
             "--shutdown-grace", type=float, default=30.0, help="seconds to finish on SIGTERM"
         )
 
+        metrics.add_arguments(parser)
+
     def handle(self, *args, **options) -> None:  # noqa: ANN002, ANN003
+        metrics.serve_from_options(options)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
