@@ -59,6 +59,14 @@ EVENTS_PUBLISHED = Counter(
 )
 
 
+# Series exist at zero from the start, so rate() and the alerts see a counter before its
+# first increment (the statuses a finished attempt can have: tasks.models.RunStatus).
+for _status in ("succeeded", "failed", "timed_out", "canceled", "waiting_approval"):
+    RUNS.labels(_status)
+for _result in ("delivered", "retry", "failed"):
+    WEBHOOK_DELIVERIES.labels(_result)
+
+
 def run_finished(outcomes: Iterable[tuple[str, float]]) -> None:
     """Count finished attempts: (status, duration in seconds) each."""
     for status, seconds in outcomes:
