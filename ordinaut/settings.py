@@ -342,6 +342,12 @@ EVENT_MAX_PAYLOAD_BYTES = env.int("EVENT_MAX_PAYLOAD_BYTES", default=256 * 1024)
 OUTBOX_STREAM = env.str("OUTBOX_STREAM", default="ordinaut:events:out")
 OUTBOX_STREAM_MAXLEN = env.int("OUTBOX_STREAM_MAXLEN", default=100_000)
 OUTBOX_RELAY_BATCH = env.int("OUTBOX_RELAY_BATCH", default=1000)
+# History kept, in days (0: forever), pruned by runscheduler in batches (tasks/retention.py).
+# The audit log is never pruned.
+RUN_RETENTION_DAYS = env.float("RUN_RETENTION_DAYS", default=90)
+LEDGER_RETENTION_DAYS = env.float("LEDGER_RETENTION_DAYS", default=90)
+EVENT_RETENTION_DAYS = env.float("EVENT_RETENTION_DAYS", default=30)
+WEBHOOK_RETENTION_DAYS = env.float("WEBHOOK_RETENTION_DAYS", default=30)
 # Published outbox rows are deleted after this long (the scheduler prunes them in batches).
 OUTBOX_RETENTION_SECONDS = env.int("OUTBOX_RETENTION_SECONDS", default=7 * 86400)
 APPROVAL_DEFAULT_EXPIRES_SECONDS = env.int("APPROVAL_DEFAULT_EXPIRES_SECONDS", default=86400)

@@ -386,7 +386,11 @@ class SkippedOccurrence(models.Model):
 
     class Meta:
         ordering = ["-scheduled_for"]
-        indexes = [models.Index(fields=["task", "-scheduled_for"], name="skipped_task_idx")]
+        indexes = [
+            models.Index(fields=["task", "-scheduled_for"], name="skipped_task_idx"),
+            # Retention deletes the oldest first (tasks/retention.py).
+            models.Index(fields=["recorded_at"], name="skipped_recorded_idx"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(reason__in=SkipReason.values), name="skipped_reason_valid"
@@ -624,6 +628,10 @@ class WebhookDelivery(models.Model):
                 condition=Q(status="pending"),
             ),
             models.Index(fields=["agent", "-created_at"], name="webhook_agent_idx"),
+            # Retention deletes finished deliveries, oldest first (tasks/retention.py).
+            models.Index(
+                fields=["created_at"], name="webhook_finished_idx", condition=~Q(status="pending")
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

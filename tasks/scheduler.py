@@ -35,7 +35,7 @@ from django.utils import timezone
 from agents.services import revoked_tokens_prune
 from ordinaut import metrics
 from ordinaut.database import Listener
-from tasks import approvals, schedules
+from tasks import approvals, retention, schedules
 from tasks.budgets import hourly_room, take_room
 from tasks.channels import SCHEDULER_CHANNEL, WORKER_CHANNEL, notify
 from tasks.delivery import outbox, streams, webhooks
@@ -346,12 +346,17 @@ class Scheduler:
         self._prune()
 
     def _prune(self) -> None:
-        """Retention, at most once per PRUNE_INTERVAL: published outbox rows, dead revocations."""
+        """Retention, at most once per PRUNE_INTERVAL: old runs, ledger rows, events and webhook
+        deliveries (tasks/retention.py), published outbox rows, dead revocations."""
         now = time.monotonic()
         if now < self._next_prune:
             return
         self._next_prune = now + PRUNE_INTERVAL_SECONDS
-        pruned = {"outbox": outbox.outbox_prune(), "revoked_tokens": revoked_tokens_prune()}
+        pruned = {
+            **retention.prune(),
+            "outbox": outbox.outbox_prune(),
+            "revoked_tokens": revoked_tokens_prune(),
+        }
         if any(pruned.values()):
             logger.info("pruned history past retention", extra={"pruned": pruned})
 
