@@ -7,7 +7,7 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 PYTHON    ?= $(shell ops/find-python.sh)
 
-.PHONY: help dev test lint format migrate stop-dev bench clean
+.PHONY: help dev test test-containers lint format migrate stop-dev bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ dev: $(STAMP) .env  ## set up everything and run web + scheduler + worker (Ctrl-
 
 test: $(STAMP)  ## run the whole test suite (starts its own PostgreSQL and Redis); line coverage >= 85%
 	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+test-containers: $(STAMP)  ## build the image, run the Compose stack and its smoke test (needs root or a Docker daemon)
+	bash ops/containers/test.sh
 
 lint: $(STAMP)  ## ruff check + format check
 	$(VENV)/bin/ruff check .

@@ -23,7 +23,6 @@ from django.views.decorators.http import require_http_methods
 
 import ordinaut
 from ordinaut.errors import error_body
-from ordinaut.middleware import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +217,9 @@ def metrics_refusal(request: HttpRequest) -> HttpResponse | None:
     presented = request.headers.get("Authorization", "")
     if token and hmac.compare_digest(presented.encode(), f"Bearer {token}".encode()):
         return None
-    address = client_ip(request)
+    # The direct peer, never X-Forwarded-For: a scraper connects directly, and a client
+    # behind a proxy could write any address into that header.
+    address = request.META.get("REMOTE_ADDR") or ""
     try:
         ip = ipaddress.ip_address(address or "")
     except ValueError:

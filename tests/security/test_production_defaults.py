@@ -79,6 +79,13 @@ def test_metrics_refuses_other_addresses_without_a_token(client):
     assert "METRICS_ALLOWED_NETS" in response.json()["error"]["message"]
 
 
+def test_metrics_ignores_a_forwarded_address(client, settings):
+    # Behind a proxy the first X-Forwarded-For hop is whatever the client wrote.
+    settings.TRUST_X_FORWARDED_FOR = True
+    spoofed = client.get("/metrics", REMOTE_ADDR="203.0.113.7", HTTP_X_FORWARDED_FOR="127.0.0.1")
+    assert spoofed.status_code == 403
+
+
 def test_metrics_answers_the_bearer_token_from_anywhere(client, settings):
     settings.METRICS_TOKEN = "m" * 40
     wrong = client.get("/metrics", REMOTE_ADDR="203.0.113.7", HTTP_AUTHORIZATION="Bearer nope")
