@@ -84,6 +84,12 @@ TRUST_X_FORWARDED_FOR = env.bool("TRUST_X_FORWARDED_FOR", default=False)
 if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# Browser origins allowed to call the API (https://app.example.com, ...); none by default:
+# agents are servers, and a browser app is a choice the operator makes. Credentials are bearer
+# tokens, never cookies, so no CORS_ALLOW_CREDENTIALS.
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/(?!admin/).*$"  # never the admin's session-authenticated pages
+
 # /metrics answers a bearer METRICS_TOKEN, or a client in METRICS_ALLOWED_NETS (loopback by
 # default, for a Prometheus on the same host); anyone else gets 401/403.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
@@ -110,6 +116,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "django_prometheus",
+    "corsheaders",
     "ordinaut.apps.OrdinautConfig",
     "agents",
     "tasks",
@@ -121,6 +128,8 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "ordinaut.middleware.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before CommonMiddleware, so a preflight is answered with the CORS headers.
+    "corsheaders.middleware.CorsMiddleware",
     "ordinaut.middleware.SecureCookiesMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "ordinaut.middleware.AdminSessionMiddleware",
