@@ -8,7 +8,10 @@ body; `payload` a pipeline validated against registered tools; `make` lines are 
 `error-envelope` against a real 422; `addmcpserver` lines are parsed by the command;
 `templates` cases are rendered by our templating; `coordination` is a shell session of
 three agents against a live web server and worker; `sql` (ops/README.md's database roles)
-is run on a fresh database, migrated as the owner role it creates; `output` blocks are
+is run on a fresh database, migrated as the owner role it creates; `ops` blocks (deploying,
+systemd, backups) are checked against what they name: files, manage.py commands and their
+options, Compose services and profiles, unit files, the scripts' variables (`make
+test-containers` runs the deployment itself); `output` blocks are
 shapes of an answer and must at least be valid JSON. A block without a known KIND fails
 `test_every_example_says_how_it_runs`.
 """
@@ -87,7 +90,7 @@ BLOCKS = [block for path in DOCS for block in fenced_blocks(path)]
 KINDS = {
     "quickstart", "redis", "event-request", "payload", "make", "webhook-request",
     "webhook-verify", "error-envelope", "addmcpserver", "output", "auth", "templates",
-    "coordination", "sql",
+    "coordination", "sql", "ops",
 }  # fmt: skip
 
 
@@ -558,3 +561,67 @@ def test_the_role_recipe_leaves_the_app_unable_to_rewrite_the_audit_log(block, t
             conn.execute(f"DROP DATABASE IF EXISTS roles_{suffix} WITH (FORCE)")
             conn.execute(f"DROP ROLE IF EXISTS app_{suffix}")
             conn.execute(f"DROP ROLE IF EXISTS owner_{suffix}")
+
+
+# -- ops: deployment, systemd and backup recipes, checked against what they name -------------
+
+
+def _compose_file() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def _ops_problems(text: str) -> list[str]:
+    from django.core.management import get_commands, load_command_class
+
+    compose = _compose_file()
+    services = set(compose["services"])
+    profiles = {p for s in compose["services"].values() for p in s.get("profiles", [])}
+    commands = get_commands()
+    problems = []
+    for raw in text.replace("\\\n", " ").splitlines():
+        line = raw.split(" #", 1)[0]
+        for path in re.findall(r"(?<![\w/])ops/[\w./@*-]+", line):
+            if not list(ROOT.glob(path.rstrip("."))) and not (ROOT / path).parent.is_dir():
+                problems.append(f"{path}: no such file")
+        for name, args in re.findall(r"manage\.py (\w+)((?: [^|;&]*)?)", line):
+            if name not in commands:
+                problems.append(f"manage.py {name}: no such command")
+                continue
+            parser = load_command_class(commands[name], name).create_parser("manage.py", name)
+            known = {opt for action in parser._actions for opt in action.option_strings}
+            flags = re.findall(r"(?<!\S)(--[\w-]+)", args)
+            problems += [f"manage.py {name} {f}: unknown option" for f in flags if f not in known]
+        for service in re.findall(r"docker compose (?:exec|logs|restart) (\w+)", line):
+            problems += [] if service in services else [f"compose service {service}?"]
+        for service in re.findall(r"--scale (\w+)=", line):
+            problems += [] if service in services else [f"compose service {service}?"]
+        for profile in re.findall(r"--profile (\w+)", line):
+            problems += [] if profile in profiles else [f"compose profile {profile}?"]
+        for unit in re.findall(r"\b(ordinaut-[\w@-]+)", line):
+            template = re.sub(r"@[^.]*$", "@", unit.removesuffix(".service"))
+            if not (ROOT / "ops" / "systemd" / f"{template}.service").exists():
+                problems.append(f"{unit}: no unit file")
+        script = re.search(r"ops/(backup|restore)\.sh", line)
+        if script:
+            body = (ROOT / "ops" / f"{script[1]}.sh").read_text()
+            names = re.findall(r"\b([A-Z_]{4,})=", line)
+            problems += [f"{script[0]} does not read {v}" for v in names if v not in body]
+    return problems
+
+
+@by_kind("ops")
+def test_ops_recipes_name_only_what_exists(block):
+    assert _ops_problems(block.text) == []
+
+
+def test_the_ops_check_finds_a_wrong_name():
+    wrong = (
+        "docker compose exec webb python manage.py createagentx\n"
+        "docker compose up -d --scale workers=2 --profile observabilty\n"
+        "systemctl enable ordinaut-wrker@1 && ops/nothing.sh\n"
+        "BACKUP_DIRS=/x ops/backup.sh\n"
+        "python manage.py createagent x --scopez a\n"
+    )
+    assert len(_ops_problems(wrong)) == 7
