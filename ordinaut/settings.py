@@ -221,6 +221,8 @@ AUTH_PASSWORD_VALIDATORS = [
 # Instants are stored in UTC; TZ is the default zone for tasks and for the admin's display.
 TIME_ZONE = env.str("TZ", default="Europe/Chisinau")
 USE_TZ = True
+# The zone every time in the operator console is shown in (with its name beside it).
+CONSOLE_TIME_ZONE = env.str("CONSOLE_TIME_ZONE", default="UTC")
 LANGUAGE_CODE = "en-us"
 USE_I18N = True
 

@@ -1,6 +1,14 @@
+from typing import Any
+
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html_join
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
 
 from audit.services import Actor
 from ordinaut.errors import OrdinautError
@@ -34,6 +42,23 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:  # noqa: ANN001
         return False
+
+
+def _back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
+    """Back to the page the button was on (same host only), else `fallback`."""
+    target = request.POST.get("next") or request.headers.get("Referer", "")
+    if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        target = fallback
+    return HttpResponseRedirect(target)
+
+
+# The task page's buttons: each calls the same service as the API's endpoint.
+TASK_CONTROLS = {
+    "pause": (services.task_pause, "Paused"),
+    "resume": (services.task_resume, "Resumed"),
+    "cancel": (services.task_cancel, "Canceled"),
+    "run_now": (services.task_run_now, "Queued a run of"),
+}
 
 
 def _apply(modeladmin, request, queryset, service, eligible, verb: str) -> None:  # noqa: ANN001
@@ -84,9 +109,54 @@ class TaskAdmin(ReadOnlyAdmin):
             or "none left"
         )
 
+    change_form_template = "admin/console/task_change_form.html"
+
     def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
         # Needed for the actions; fields stay read-only (edits go through the API).
         return request.user.has_perm("tasks.change_task")
+
+    def get_urls(self) -> list:
+        control = self.admin_site.admin_view(require_POST(self.control_view))
+        return [
+            path("<uuid:task_id>/control/<str:action>/", control, name="tasks_task_control"),
+            *super().get_urls(),
+        ]
+
+    def control_view(self, request: HttpRequest, task_id: Any, action: str) -> Any:
+        """POST from the task page: pause, resume, cancel (confirmed), run now, snooze."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        task = get_object_or_404(Task, pk=task_id)
+        page = reverse("admin:tasks_task_change", args=[task.pk])
+        actor = Actor.user(request.user)
+        try:
+            if action == "snooze":
+                minutes = int(request.POST.get("minutes", "0"))
+                services.task_snooze(task_id=task.pk, delay_seconds=minutes * 60, actor=actor)
+                done = f"Snoozed {task.title!r} for {minutes} min."
+            elif action in TASK_CONTROLS:
+                if action == "cancel" and request.POST.get("confirm") != "yes":
+                    self.message_user(request, "Cancel needs confirming.", messages.WARNING)
+                    return HttpResponseRedirect(page)
+                service, verb = TASK_CONTROLS[action]
+                service(task_id=task.pk, actor=actor)
+                done = f"{verb} {task.title!r}."
+            else:
+                raise PermissionDenied(f"unknown control {action!r}")
+        except (OrdinautError, ValueError) as exc:
+            self.message_user(request, getattr(exc, "message", str(exc)), messages.ERROR)
+            return HttpResponseRedirect(page)
+        self.message_user(request, done, messages.SUCCESS)
+        return HttpResponseRedirect(page)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):  # noqa: ANN001, ANN201
+        from tasks import console
+
+        task = self.get_object(request, object_id)
+        extra = {**(extra_context or {}), **_no_save_buttons()}
+        if task is not None:
+            extra.update(console.task_page(task), title=f"Task: {task.title}")
+        return super().change_view(request, object_id, form_url, extra)
 
     @admin.action(description="Pause selected tasks", permissions=["change"])
     def pause(self, request, queryset) -> None:  # noqa: ANN001
@@ -123,6 +193,26 @@ class OccurrenceAdmin(ReadOnlyAdmin):
     def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
         return request.user.has_perm("tasks.change_occurrence")
 
+    def get_urls(self) -> list:
+        rerun = self.admin_site.admin_view(require_POST(self.rerun_view))
+        return [
+            path("<int:occurrence_id>/rerun/", rerun, name="tasks_occurrence_rerun"),
+            *super().get_urls(),
+        ]
+
+    def rerun_view(self, request: HttpRequest, occurrence_id: int) -> HttpResponseRedirect:
+        """The dashboard's Re-run button for one dead occurrence."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        new_ids = services.occurrence_rerun_dead(
+            occurrence_ids=[occurrence_id], actor=Actor.user(request.user)
+        )
+        if new_ids:
+            self.message_user(request, f"Requeued occurrence {occurrence_id}.", messages.SUCCESS)
+        else:
+            self.message_user(request, f"Occurrence {occurrence_id} is not dead.", messages.INFO)
+        return _back(request, reverse("admin:index"))
+
     @admin.action(description="Re-run selected dead occurrences", permissions=["change"])
     def rerun_dead(self, request, queryset) -> None:  # noqa: ANN001
         ids = list(queryset.filter(state="dead").values_list("id", flat=True))
@@ -155,13 +245,31 @@ class SchedulerHeartbeatAdmin(ReadOnlyAdmin):
     readonly_fields = [f.name for f in SchedulerHeartbeat._meta.fields]
 
 
+def _no_save_buttons() -> dict[str, bool]:
+    """Pages whose fields are all read-only show no Save buttons."""
+    return {"show_save": False, "show_save_and_continue": False,
+            "show_save_and_add_another": False, "show_delete": False}  # fmt: skip
+
+
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin):
+    change_form_template = "admin/console/run_change_form.html"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):  # noqa: ANN001, ANN201
+        from tasks import console
+
+        run = self.get_object(request, object_id)
+        extra = dict(extra_context or {})
+        if run is not None:
+            extra.update(console.run_page(run), title=f"Run of {run.task.title} "
+                         f"(attempt {run.attempt}, {run.status})")  # fmt: skip
+        return super().change_view(request, object_id, form_url, extra)
+
     list_display = [
         "id", "task", "status", "attempt", "trigger", "scheduled_for", "started_at",
         "finished_at", "lease_owner",
     ]  # fmt: skip
-    list_filter = ["status", "trigger", "started_at"]
+    list_filter = ["status", "trigger", "started_at", "finished_at"]
     search_fields = ["id", "task__title", "task__id", "correlation_id", "error"]
     date_hierarchy = "started_at"
     list_select_related = ["task"]
@@ -224,6 +332,24 @@ class ApprovalAdmin(ReadOnlyAdmin):
 
     def has_decide_permission(self, request) -> bool:  # noqa: ANN001
         return request.user.has_perm("tasks.decide_approval")
+
+    def get_urls(self) -> list:
+        decide = self.admin_site.admin_view(require_POST(self.decide_view))
+        return [
+            path("<uuid:approval_id>/decide/", decide, name="tasks_approval_decide"),
+            *super().get_urls(),
+        ]
+
+    def decide_view(self, request: HttpRequest, approval_id: Any) -> HttpResponseRedirect:
+        """The dashboard's Approve and Reject buttons (the same service as the API)."""
+        if not self.has_decide_permission(request):
+            raise PermissionDenied
+        decision = request.POST.get("decision")
+        if decision not in ("approve", "reject"):
+            self.message_user(request, "Choose approve or reject.", messages.ERROR)
+            return _back(request, reverse("admin:index"))
+        _decide(self, request, Approval.objects.filter(pk=approval_id), decision)
+        return _back(request, reverse("admin:index"))
 
 
 class WebhookAttemptInline(admin.TabularInline):

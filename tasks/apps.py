@@ -21,6 +21,11 @@ class TasksConfig(AppConfig):
         agent_halted.connect(agent_work_halt, dispatch_uid="tasks.agent_work_halt")
         agent_restored.connect(agent_work_restore, dispatch_uid="tasks.agent_work_restore")
 
+        from django.contrib import admin
+
+        # The admin index is the operator console's dashboard (tasks/console.py).
+        admin.site.index_template = "admin/ordinaut_index.html"
+
         for check in (check_scheduler, check_workers):
             if check not in CHECKS:
                 CHECKS.append(check)

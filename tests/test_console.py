@@ -1,0 +1,126 @@
+"""The operator console: the dashboard's figures equal the database's, its buttons act
+through the services, the task page controls its task, the run page shows every step."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tasks.models import Approval, Occurrence, OccurrenceState, Run, Task, WorkerHeartbeat
+from tests.factories import make_agent, make_occurrence, make_task
+from tests.test_pipeline_executor import start_run
+
+pytestmark = pytest.mark.django_db
+
+
+def tile_values(html: str) -> dict[str, str]:
+    found = {}
+    for metric, body in re.findall(r'data-metric="([\w]+)".*?(<span data-value="[^"]*")', html,
+                                   re.S):  # fmt: skip
+        found[metric] = re.search(r'data-value="([^"]*)"', body)[1]
+    return found
+
+
+@pytest.fixture
+def scene():
+    agent, _ = make_agent()
+    task = make_task(agent, title="nightly report")
+    make_occurrence(task, at=timezone.now() - timedelta(seconds=15))
+    make_occurrence(task, at=timezone.now() + timedelta(minutes=20))
+    dead = [make_occurrence(task, at=timezone.now(), state=OccurrenceState.DEAD,
+                            attempt=3, last_error="boom") for _ in range(3)]  # fmt: skip
+    failed = start_run(task)
+    Run.objects.filter(pk=failed.pk).update(status="failed", finished_at=timezone.now(),
+                                            error="step 'x' failed: boom\nmore")  # fmt: skip
+    parked = start_run(task, attempt=2)
+    approval = Approval.objects.create(task=task, run=parked, occurrence_id=dead[0].pk,
+                                       step_id="ask", prompt="Send it?",
+                                       expires_at=timezone.now() + timedelta(hours=1))  # fmt: skip
+    WorkerHeartbeat.objects.create(id="w-console", host="h", pid=1, concurrency=4, running=1)
+    return {"task": task, "dead": dead, "approval": approval, "failed": failed}
+
+
+def test_the_dashboard_tiles_equal_the_database(admin_client, scene):
+    html = admin_client.get("/admin/").content.decode()
+    values = tile_values(html)
+    assert values["queued"] == str(Occurrence.objects.filter(state="queued").count())
+    assert values["dead"] == "3"
+    assert values["running"] == str(Run.objects.filter(status="running").count())
+    assert values["failed_1h"] == "1"
+    assert values["approvals_waiting"] == "1"
+    assert values["webhooks_failing"] == "0"
+    assert float(values["oldest_due_lag_seconds"]) >= 14
+    assert set(values) == {"queued", "running", "oldest_due_lag_seconds", "failed_1h", "dead",
+                           "approvals_waiting", "webhooks_failing"}  # fmt: skip
+    assert "All models" in html  # the app list is still there
+    assert "w-console" in html
+    assert "step &#x27;x&#x27; failed: boom" in html  # the first line of the error
+    assert "<svg" in html
+
+
+def test_each_tile_links_to_a_list_that_loads(admin_client, scene):
+    html = admin_client.get("/admin/").content.decode()
+    links = re.findall(r'<a class="console-tile[^"]*" href="([^"]+)" data-metric', html)
+    assert len(links) == 7
+    for link in links:
+        assert admin_client.get(link.replace("&amp;", "&")).status_code == 200, link
+
+
+def test_re_run_from_the_dashboard(admin_client, scene):
+    dead = scene["dead"][1]
+    response = admin_client.post(f"/admin/tasks/occurrence/{dead.pk}/rerun/")
+    assert response.status_code == 302
+    assert not Occurrence.objects.filter(pk=dead.pk, state="dead").exists()
+    assert Occurrence.objects.filter(state="dead").count() == 2
+
+
+def test_approve_from_the_dashboard(admin_client, scene):
+    approval = scene["approval"]
+    response = admin_client.post(f"/admin/tasks/approval/{approval.pk}/decide/",
+                                 {"decision": "approve"})  # fmt: skip
+    assert response.status_code == 302
+    approval.refresh_from_db()
+    assert approval.status == "approved"
+
+
+def test_a_dashboard_button_needs_post(admin_client, scene):
+    assert (
+        admin_client.get(f"/admin/tasks/approval/{scene['approval'].pk}/decide/").status_code == 405
+    )
+
+
+def test_the_task_page_pauses_resumes_and_cancels_on_confirmation(admin_client, scene):
+    task = scene["task"]
+    page = admin_client.get(f"/admin/tasks/task/{task.pk}/change/").content.decode()
+    assert 'data-control="pause"' in page
+    assert 'name="_save"' not in page  # nothing editable, no Save buttons
+    assert 'data-list="upcoming"' in page
+    admin_client.post(f"/admin/tasks/task/{task.pk}/control/pause/")
+    assert Task.objects.get(pk=task.pk).status == "paused"
+    admin_client.post(f"/admin/tasks/task/{task.pk}/control/resume/")
+    assert Task.objects.get(pk=task.pk).status == "active"
+    admin_client.post(f"/admin/tasks/task/{task.pk}/control/cancel/")  # not confirmed
+    assert Task.objects.get(pk=task.pk).status == "active"
+    admin_client.post(f"/admin/tasks/task/{task.pk}/control/cancel/", {"confirm": "yes"})
+    assert Task.objects.get(pk=task.pk).status == "canceled"
+
+
+def test_the_run_page_shows_one_row_per_step_and_the_output(admin_client, scene):
+    run = scene["failed"]
+    steps = [{"id": "fetch", "uses": "debug.echo", "status": "succeeded", "input": {"a": 1},
+              "output": {"a": 1}, "duration_ms": 12.5, "attempts": 1,
+              "started_at": timezone.now().isoformat()},
+             {"id": "send", "uses": "http.request", "status": "failed", "input": {},
+              "output": None, "error": "answered 500", "duration_ms": 40, "attempts": 2,
+              "started_at": timezone.now().isoformat()}]  # fmt: skip
+    Run.objects.filter(pk=run.pk).update(steps=steps, output={"steps": {"fetch": {"a": 1}}})
+    page = admin_client.get(f"/admin/tasks/run/{run.pk}/change/").content.decode()
+    assert page.count("data-step-id=") == 2
+    assert 'data-step-id="fetch"' in page
+    assert 'data-step-id="send"' in page
+    assert "answered 500" in page
+    assert "&quot;fetch&quot;: {\n      &quot;a&quot;: 1" in page  # pretty-printed
+    assert "Run of nightly report" in page
