@@ -197,6 +197,20 @@ def live(request: HttpRequest) -> JsonResponse:
     )
 
 
+# Browsers ask every site for one; without it each admin page logs a 404.
+FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    '<circle cx="8" cy="8" r="7" fill="#417690"/><circle cx="8" cy="8" r="3" fill="#fff"/></svg>'
+)
+
+
+@require_http_methods(["GET", "HEAD"])
+def favicon(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse(FAVICON, content_type="image/svg+xml")
+    response["Cache-Control"] = "public, max-age=86400"
+    return response
+
+
 @require_http_methods(["GET", "HEAD"])
 def index(request: HttpRequest) -> JsonResponse:
     """Service identity and where to go next (the original's root document)."""

@@ -23,6 +23,7 @@ def route(pattern: str, view: object, name: str) -> list[URLPattern]:
 
 urlpatterns = [
     path("", health.index, name="index"),
+    path("favicon.ico", health.favicon, name="favicon"),
     *route("health", health.health, "health"),
     *route("health/ready", health.ready, "health-ready"),
     *route("health/live", health.live, "health-live"),
