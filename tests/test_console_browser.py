@@ -149,7 +149,7 @@ def test_cancel_asks_first(page, scene):
     page.goto(f"{page.base}/admin/tasks/task/{task.pk}/change/")
     seen = []
 
-    def dismiss(dialog):  # noqa: ANN001, ANN202
+    def dismiss(dialog):
         seen.append(dialog.message)
         dialog.dismiss()
 
