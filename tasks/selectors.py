@@ -31,7 +31,13 @@ from tasks.models import (
     Task,
 )
 
-_FAILED = [status for status in FINISHED_RUN_STATUSES if status != RunStatus.SUCCEEDED]
+# Finished and not succeeded. A run parked for an approval is neither: it waited, and the
+# attempt after the decision is the one that succeeds or fails.
+_FAILED = [
+    status
+    for status in FINISHED_RUN_STATUSES
+    if status not in (RunStatus.SUCCEEDED, RunStatus.WAITING_APPROVAL)
+]
 
 
 @dataclass(frozen=True)

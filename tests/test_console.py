@@ -10,6 +10,10 @@ import pytest
 from django.utils import timezone
 
 from tasks.models import Approval, Occurrence, OccurrenceState, Run, Task, WorkerHeartbeat
+from tests.api_support import (
+    agent_with_key,
+    api_fixture,  # noqa: F401 (the `api` fixture)
+)
 from tests.factories import make_agent, make_occurrence, make_task
 from tests.test_pipeline_executor import start_run
 
@@ -124,3 +128,25 @@ def test_the_run_page_shows_one_row_per_step_and_the_output(admin_client, scene)
     assert "answered 500" in page
     assert "&quot;fetch&quot;: {\n      &quot;a&quot;: 1" in page  # pretty-printed
     assert "Run of nightly report" in page
+
+
+def test_a_run_parked_for_an_approval_is_not_a_failure(api):
+    agent, key = agent_with_key()
+    task = make_task(agent)
+    failed = start_run(task)
+    earlier = timezone.now() - timedelta(minutes=5)
+    Run.objects.filter(pk=failed.pk).update(
+        status="failed", finished_at=timezone.now(), started_at=earlier
+    )
+    parked = start_run(task, attempt=2)
+    Run.objects.filter(pk=parked.pk).update(status="waiting_approval", finished_at=timezone.now())
+    caller = api.as_(key)
+    listed = caller.get(f"/runs?task_id={task.pk}&success=false").json()
+    assert [run["id"] for run in listed["items"]] == [str(failed.pk)]
+    stats = caller.get(f"/runs/task/{task.pk}/stats").json()
+    assert stats["failed_runs"] == 1
+    assert stats["last_failure"].startswith(
+        Run.objects.get(pk=failed.pk).started_at.isoformat()[:16]
+    )
+    summary = caller.get("/runs/stats/summary").json()
+    assert summary["failed_runs"] == 1
