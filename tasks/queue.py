@@ -495,18 +495,24 @@ class Outcome:
     park: Park | None = None  # set exactly when status is RunStatus.WAITING_APPROVAL
     # False for an attempt stopped by its agent's pause: requeued at once, not a retry.
     counts_as_attempt: bool = True
+    # When its pipeline began in a worker thread; the run's started_at becomes this (the claim
+    # stamped the claim's time, and a prefetched occurrence may wait for a free thread).
+    pipeline_started_at: datetime | None = None
 
 
-# Record finished attempts. Conditional on status = 'running': a run the reclaimer already
+# Record finished attempts (started_at: the pipeline's real start, when the worker knows it).
+# Conditional on status = 'running': a run the reclaimer already
 # marked lost keeps that verdict (its worker was too slow; another attempt owns the work).
 # The outbox gets one run.<status> message per run actually finished, in the same statement.
 FINISH_RUNS = """
 WITH finished AS (
     UPDATE tasks_run AS r
-    SET status = v.status, finished_at = greatest(clock_timestamp(), r.started_at),
+    SET status = v.status,
+        started_at = coalesce(v.started_at, r.started_at),
+        finished_at = greatest(clock_timestamp(), coalesce(v.started_at, r.started_at)),
         output = v.output, error = v.error, steps = coalesce(v.steps, r.steps)
     FROM jsonb_to_recordset(%s::jsonb) AS v(id uuid, status text, output jsonb, error text,
-                                            steps jsonb)
+                                            steps jsonb, started_at timestamptz)
     WHERE r.id = v.id AND r.status = 'running'
     RETURNING r.id, r.task_id, r.status
 )
@@ -611,9 +617,11 @@ def _sort_outcomes(outcomes: list[Outcome]) -> _FinishBatch:
     batch = _FinishBatch(runs=[], done=[], parked=[], again=[])
     for outcome in outcomes:
         claimed = outcome.claimed
+        started = outcome.pipeline_started_at
         batch.runs.append({"id": str(claimed.run_id), "status": outcome.status,
                            "output": outcome.output, "error": outcome.error,
-                           "steps": outcome.steps})  # fmt: skip
+                           "steps": outcome.steps,
+                           "started_at": started.isoformat() if started else None})  # fmt: skip
         if outcome.status == RunStatus.SUCCEEDED:
             batch.done.append(claimed.occurrence_id)
         elif outcome.status == RunStatus.WAITING_APPROVAL:

@@ -118,6 +118,9 @@ class Worker:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="run")
         self._results: queue.Queue = queue.Queue()
         self._in_flight: dict[int, _InFlight] = {}
+        # Pipelines that have begun in a thread (the heartbeat's running count).
+        self._executing = 0
+        self._executing_lock = threading.Lock()
         self._unrecorded: list[occurrence_queue.Outcome] = []
         # Moving average of run durations (seconds); starts pessimistic (slow pipelines).
         self._avg_run_seconds = 1.0
@@ -205,6 +208,9 @@ class Worker:
         """Runs in a pool thread. Never raises: every failure becomes an outcome."""
         token = set_correlation_id(claimed.correlation_id)
         started = time.perf_counter()
+        began = timezone.now()
+        with self._executing_lock:
+            self._executing += 1
         try:
             run = Run(
                 id=claimed.run_id,
@@ -214,7 +220,7 @@ class Worker:
                 attempt=claimed.attempt,
                 trigger=claimed.trigger,
                 status=RunStatus.RUNNING,
-                started_at=claimed.started_at,
+                started_at=began,
                 correlation_id=claimed.correlation_id,
             )
             event = event_context(claimed.event_id)
@@ -226,7 +232,10 @@ class Worker:
         finally:
             reset_correlation_id(token)
             close_old_connections()
+            with self._executing_lock:
+                self._executing -= 1
         outcome.duration_ms = (time.perf_counter() - started) * 1000
+        outcome.pipeline_started_at = began
         self._results.put(outcome)
 
     @classmethod
@@ -419,7 +428,8 @@ class Worker:
                 "started_at": self._started,
                 "last_seen": timezone.now(),
                 "concurrency": self.concurrency,
-                "running": len(self._in_flight),
+                # Pipelines executing now, not prefetched work waiting for a thread.
+                "running": self._executing,
                 "processed": self._processed,
             },
         )
