@@ -24,6 +24,7 @@ from agents.services import (
     agent_update,
     agent_webhook_secret_rotate,
     clean_scopes,
+    credential_issue_api_key,
     credential_revoke,
     default_budgets,
 )
@@ -86,7 +87,7 @@ def secrets_page(
 class AgentAdmin(admin.ModelAdmin):
     list_display = ["name", "status", "scope_list", "credential_count", "created_at"]
     list_filter = ["is_active", ("paused_at", admin.EmptyFieldListFilter), "created_at"]
-    actions = ["pause", "resume", "rotate_webhook_secret"]
+    actions = ["pause", "resume", "issue_api_key", "rotate_webhook_secret"]
     search_fields = ["name", "description", "id"]
     date_hierarchy = "created_at"
     readonly_fields = ["id", "webhook_key_id", "status", "paused_at", "created_at", "updated_at"]
@@ -119,6 +120,20 @@ class AgentAdmin(admin.ModelAdmin):
     @admin.action(description="Resume selected agents", permissions=["change"])
     def resume(self, request, queryset) -> None:  # noqa: ANN001
         self._switch(request, queryset, agent_resume, "resumed")
+
+    @admin.action(description="Issue an API key (shown once)", permissions=["change"])
+    def issue_api_key(self, request, queryset) -> TemplateResponse | None:  # noqa: ANN001
+        actor = Actor.user(request.user)
+        issued = []
+        for agent in queryset.filter(is_active=True):
+            credential, token = credential_issue_api_key(
+                agent=agent, actor=actor, label=f"issued in the admin by {request.user}"
+            )
+            issued.append(_Issued(agent, f"API key {credential.key_id}", token, "api_key"))
+        if not issued:
+            self.message_user(request, "Only active agents get API keys.", messages.WARNING)
+            return None
+        return secrets_page(request, "API keys issued", issued)
 
     @admin.action(description="Rotate webhook signing secret", permissions=["change"])
     def rotate_webhook_secret(self, request, queryset) -> TemplateResponse | None:  # noqa: ANN001

@@ -115,6 +115,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_prometheus",
     "corsheaders",
     "ordinaut.apps.OrdinautConfig",
@@ -299,6 +300,11 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     "COMPONENT_SPLIT_REQUEST": True,
+    # /docs and /redoc load Swagger UI and ReDoc from this installation (the sidecar
+    # package, served by whitenoise), not from a CDN: they work on a network without internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "PREPROCESSING_HOOKS": ["agents.openapi.drop_trailing_slash_duplicates"],
     "ENUM_NAME_OVERRIDES": {
         # Several enums share the field name "status"; name each after its model's choices

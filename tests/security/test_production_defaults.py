@@ -211,3 +211,16 @@ def test_an_unknown_key_id_costs_a_hash_check_as_a_known_one_does(counting):
         with pytest.raises(Unauthenticated):
             token_exchange(agent_id=str(agent.pk), agent_secret=presented)
     assert counting.verified == 2
+
+
+def test_an_api_key_issued_in_the_admin_is_shown_once_and_works(admin_client, client):
+    agent, _ = make_agent(scopes=["tasks:read"])
+    response = admin_client.post(
+        "/admin/agents/agent/", {"action": "issue_api_key", "_selected_action": [str(agent.pk)]}
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    start = page.index('value="ord_k_') + len('value="')
+    key = page[start : page.index('"', start)]
+    _nowhere_but_the_page(response, key)
+    assert client.get("/tasks", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 200
