@@ -2,6 +2,7 @@
 the admin's changes carry the same validation and audit rows as the API's."""
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django import forms
@@ -85,7 +86,8 @@ def secrets_page(
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
-    list_display = ["name", "status", "scope_list", "credential_count", "created_at"]
+    list_display = ["name", "status", "scope_list", "active_tasks", "runs_24h", "budget_use",
+                    "credential_count", "created_at"]  # fmt: skip
     list_filter = ["is_active", ("paused_at", admin.EmptyFieldListFilter), "created_at"]
     actions = ["pause", "resume", "issue_api_key", "rotate_webhook_secret"]
     search_fields = ["name", "description", "id"]
@@ -103,7 +105,33 @@ class AgentAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):  # noqa: ANN001, ANN201
         active = Q(credentials__revoked_at__isnull=True)
-        return super().get_queryset(request).annotate(_credentials=Count("credentials", active))
+        day_ago = timezone.now() - timedelta(hours=24)
+        # Reverse relations by name: agents/ does not import the tasks app.
+        return super().get_queryset(request).annotate(
+            _credentials=Count("credentials", active, distinct=True),
+            _active_tasks=Count("tasks", Q(tasks__status="active"), distinct=True),
+            _runs_24h=Count("tasks__runs", Q(tasks__runs__started_at__gte=day_ago), distinct=True),
+        )
+
+    @admin.display(description="active tasks", ordering="_active_tasks")
+    def active_tasks(self, obj: Agent) -> int:
+        return obj._active_tasks
+
+    @admin.display(description="runs, 24 h", ordering="_runs_24h")
+    def runs_24h(self, obj: Agent) -> int:
+        return obj._runs_24h
+
+    @admin.display(description="budgets used")
+    def budget_use(self, obj: Agent) -> str:
+        """Active tasks against max_active_tasks, and the other budgets set (empty: none)."""
+        parts = []
+        if obj.max_active_tasks is not None:
+            parts.append(f"tasks {obj._active_tasks}/{obj.max_active_tasks}")
+        for name, label in (("max_runs_per_hour", "runs/h"), ("max_concurrent_runs", "running"),
+                            ("max_llm_tokens_per_day", "tokens/day")):  # fmt: skip
+            if getattr(obj, name) is not None:
+                parts.append(f"{label} ≤ {getattr(obj, name)}")
+        return ", ".join(parts) or "unlimited"
 
     @admin.display(description="scopes")
     def scope_list(self, obj: Agent) -> str:

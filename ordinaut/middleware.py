@@ -9,6 +9,7 @@ from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 
 from ordinaut.correlation import (
     clean_correlation_id,
@@ -104,3 +105,16 @@ class AdminAuthenticationMiddleware(_AdminOnly, AuthenticationMiddleware):
 
 class AdminMessageMiddleware(_AdminOnly, MessageMiddleware):
     """MessageMiddleware (the admin's flash messages) for the admin's URLs only."""
+
+
+class ConsoleTimeZoneMiddleware:
+    """The admin shows every time in CONSOLE_TIME_ZONE (and names it: ordinaut.formats)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path_info.startswith(ADMIN_PREFIX):
+            return self.get_response(request)
+        with timezone.override(settings.CONSOLE_TIME_ZONE):
+            return self.get_response(request)

@@ -138,6 +138,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "ordinaut.middleware.AdminAuthenticationMiddleware",
     "ordinaut.middleware.AdminMessageMiddleware",
+    "ordinaut.middleware.ConsoleTimeZoneMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
@@ -224,6 +225,7 @@ TIME_ZONE = env.str("TZ", default="Europe/Chisinau")
 USE_TZ = True
 # The zone every time in the operator console is shown in (with its name beside it).
 CONSOLE_TIME_ZONE = env.str("CONSOLE_TIME_ZONE", default="UTC")
+FORMAT_MODULE_PATH = ["ordinaut.formats"]
 LANGUAGE_CODE = "en-us"
 USE_I18N = True
 

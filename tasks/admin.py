@@ -1,26 +1,32 @@
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import Count, IntegerField, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from audit.services import Actor
 from ordinaut.errors import OrdinautError
 from tasks import approvals, schedules, services
+from tasks.console import FAILED_STATUSES, lateness_in_words, seconds_in_words
 from tasks.models import (
     TIME_KINDS,
     Approval,
     ApprovalStatus,
     Event,
     Occurrence,
+    OccurrenceState,
     OutboxMessage,
     Run,
+    RunStatus,
     SchedulerHeartbeat,
     SkippedOccurrence,
     Task,
@@ -81,11 +87,28 @@ def _apply(modeladmin, request, queryset, service, eligible, verb: str) -> None:
         modeladmin.message_user(request, failure, messages.ERROR)
 
 
+def _truncated(text: str | None, length: int = 60) -> str:
+    """Long text cut for a table cell, the whole of it on hover."""
+    text = text or ""
+    if len(text) <= length:
+        return text
+    return format_html('<span title="{}">{}…</span>', text, text[: length - 1])
+
+
+# Status in words and a symbol, never by color alone.
+_STATUS_MARK = {"succeeded": "✔", "failed": "✖", "timed_out": "⏱", "lost": "✖", "canceled": "⊘",
+                "running": "▶", "waiting_approval": "⏸"}  # fmt: skip
+
+
+def _status(status: str) -> str:
+    return f"{_STATUS_MARK.get(status, '•')} {status.replace('_', ' ')}"
+
+
 @admin.register(Task)
 class TaskAdmin(ReadOnlyAdmin):
     list_display = [
-        "title", "status", "schedule_kind", "schedule_expr", "timezone", "priority",
-        "next_run_at", "created_by", "created_at",
+        "title", "status", "schedule_kind", "schedule", "timezone", "next_run_at",
+        "last_run", "failing_streak", "created_by",
     ]  # fmt: skip
     list_filter = ["status", "schedule_kind", "priority", "misfire_policy", "timezone"]
     search_fields = ["title", "description", "id", "schedule_expr", "created_by__name"]
@@ -110,6 +133,43 @@ class TaskAdmin(ReadOnlyAdmin):
         )
 
     change_form_template = "admin/console/task_change_form.html"
+
+    def get_queryset(self, request):  # noqa: ANN001, ANN201
+        runs = Run.objects.filter(task=OuterRef("pk")).order_by("-started_at")
+        last_success = (
+            Run.objects.filter(task=OuterRef(OuterRef("pk")), status=RunStatus.SUCCEEDED)
+            .order_by("-started_at").values("started_at")[:1]
+        )  # fmt: skip
+        since = Coalesce(Subquery(last_success), Value(datetime(1970, 1, 1, tzinfo=UTC)))
+        streak = (
+            Run.objects.filter(task=OuterRef("pk"), status__in=FAILED_STATUSES,
+                               started_at__gt=since)
+            .order_by().values("task").annotate(n=Count("id")).values("n")
+        )  # fmt: skip
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _last_status=Subquery(runs.values("status")[:1]),
+                _last_started=Subquery(runs.values("started_at")[:1]),
+                _streak=Coalesce(Subquery(streak, output_field=IntegerField()), 0),
+            )
+        )
+
+    @admin.display(description="schedule")
+    def schedule(self, obj: Task) -> str:
+        return _truncated(obj.schedule_expr, 40)
+
+    @admin.display(description="last run", ordering="_last_started")
+    def last_run(self, obj: Task) -> str:
+        if not obj._last_status:
+            return "never"
+        when = timezone.localtime(obj._last_started).strftime("%Y-%m-%d %H:%M %Z")
+        return f"{_status(obj._last_status)}, {when}"
+
+    @admin.display(description="failing streak", ordering="_streak")
+    def failing_streak(self, obj: Task) -> str:
+        return f"{obj._streak} failed in a row" if obj._streak else "—"
 
     def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
         # Needed for the actions; fields stay read-only (edits go through the API).
@@ -180,10 +240,17 @@ class TaskAdmin(ReadOnlyAdmin):
 @admin.register(Occurrence)
 class OccurrenceAdmin(ReadOnlyAdmin):
     list_display = [
-        "id", "task", "state", "scheduled_for", "run_at", "priority", "attempt", "trigger",
-        "lease_owner", "leased_until",
+        "id", "task", "state", "run_at", "lateness", "priority", "attempt", "trigger",
+        "lease_owner",
     ]  # fmt: skip
     list_filter = ["state", "trigger", "priority"]
+
+    @admin.display(description="lateness", ordering="run_at")
+    def lateness(self, obj: Occurrence) -> str:
+        if obj.state != OccurrenceState.QUEUED:
+            return "—"
+        return lateness_in_words(obj.run_at)
+
     search_fields = ["task__title", "task__id", "lease_owner", "correlation_id"]
     date_hierarchy = "run_at"
     list_select_related = ["task"]
@@ -224,7 +291,12 @@ class OccurrenceAdmin(ReadOnlyAdmin):
 
 @admin.register(SkippedOccurrence)
 class SkippedOccurrenceAdmin(ReadOnlyAdmin):
-    list_display = ["task", "scheduled_for", "reason", "lateness_seconds", "recorded_at"]
+    list_display = ["task", "scheduled_for", "reason", "lateness", "recorded_at"]
+
+    @admin.display(description="lateness", ordering="lateness_seconds")
+    def lateness(self, obj: SkippedOccurrence) -> str:
+        return f"{seconds_in_words(obj.lateness_seconds)} late" if obj.lateness_seconds else "—"
+
     list_filter = ["reason", "recorded_at"]
     search_fields = ["task__title", "task__id"]
     date_hierarchy = "scheduled_for"
@@ -266,13 +338,40 @@ class RunAdmin(ReadOnlyAdmin):
         return super().change_view(request, object_id, form_url, extra)
 
     list_display = [
-        "id", "task", "status", "attempt", "trigger", "scheduled_for", "started_at",
-        "finished_at", "lease_owner",
+        "run", "task", "agent", "run_status", "attempt", "trigger", "started_at", "duration",
+        "error_line",
     ]  # fmt: skip
-    list_filter = ["status", "trigger", "started_at", "finished_at"]
+    list_filter = [
+        "status", "trigger", ("task__created_by", admin.RelatedOnlyFieldListFilter),
+        ("task", admin.RelatedOnlyFieldListFilter), "started_at", "finished_at",
+    ]  # fmt: skip
     search_fields = ["id", "task__title", "task__id", "correlation_id", "error"]
+
+    @admin.display(description="run", ordering="started_at")
+    def run(self, obj: Run) -> str:
+        return str(obj.pk)[:8]
+
+    @admin.display(description="agent", ordering="task__created_by__name")
+    def agent(self, obj: Run) -> str:
+        return obj.task.created_by.name
+
+    @admin.display(description="status", ordering="status")
+    def run_status(self, obj: Run) -> str:
+        return _status(obj.status)
+
+    @admin.display(description="duration")
+    def duration(self, obj: Run) -> str:
+        if obj.finished_at is None:
+            return "running" if obj.status == RunStatus.RUNNING else "—"
+        return seconds_in_words((obj.finished_at - obj.started_at).total_seconds())
+
+    @admin.display(description="error")
+    def error_line(self, obj: Run) -> str:
+        first = (obj.error or "").strip().splitlines()
+        return _truncated(first[0] if first else "", 60)
+
     date_hierarchy = "started_at"
-    list_select_related = ["task"]
+    list_select_related = ["task", "task__created_by"]
     readonly_fields = [f.name for f in Run._meta.fields]
 
 

@@ -150,3 +150,22 @@ def test_a_run_parked_for_an_approval_is_not_a_failure(api):
     )
     summary = caller.get("/runs/stats/summary").json()
     assert summary["failed_runs"] == 1
+
+
+def test_the_lists_say_lateness_status_streaks_and_zones_in_words(admin_client, scene, settings):
+    settings.CONSOLE_TIME_ZONE = "Europe/Chisinau"
+    occurrences = admin_client.get("/admin/tasks/occurrence/?state__exact=queued").content.decode()
+    assert re.search(r"\d+(\.\d)? s late", occurrences)
+    assert re.search(r"in \d+ min", occurrences)
+    runs = admin_client.get("/admin/tasks/run/").content.decode()
+    assert "✖ failed" in runs
+    assert "EET" in runs  # every time names its zone (Chisinau in winter)
+    agent = scene["task"].created_by
+    by_agent = admin_client.get(f"/admin/tasks/run/?task__created_by__id__exact={agent.pk}")
+    assert by_agent.status_code == 200
+    tasks = admin_client.get("/admin/tasks/task/").content.decode()
+    assert "1 failed in a row" in tasks
+    assert "✖ failed" in tasks or "⏸" in tasks or "▶ running" in tasks
+    agents = admin_client.get("/admin/agents/agent/").content.decode().lower()
+    assert "active tasks" in agents
+    assert "runs, 24 h" in agents
