@@ -107,10 +107,16 @@ class AgentAdmin(admin.ModelAdmin):
         active = Q(credentials__revoked_at__isnull=True)
         day_ago = timezone.now() - timedelta(hours=24)
         # Reverse relations by name: agents/ does not import the tasks app.
-        return super().get_queryset(request).annotate(
-            _credentials=Count("credentials", active, distinct=True),
-            _active_tasks=Count("tasks", Q(tasks__status="active"), distinct=True),
-            _runs_24h=Count("tasks__runs", Q(tasks__runs__started_at__gte=day_ago), distinct=True),
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _credentials=Count("credentials", active, distinct=True),
+                _active_tasks=Count("tasks", Q(tasks__status="active"), distinct=True),
+                _runs_24h=Count(
+                    "tasks__runs", Q(tasks__runs__started_at__gte=day_ago), distinct=True
+                ),
+            )
         )
 
     @admin.display(description="active tasks", ordering="_active_tasks")
