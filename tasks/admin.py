@@ -3,7 +3,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, IntegerField, OuterRef, Subquery, Value
+from django.db.models import Count, Exists, IntegerField, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -100,7 +100,10 @@ _STATUS_MARK = {"succeeded": "✔", "failed": "✖", "timed_out": "⏱", "lost":
                 "running": "▶", "waiting_approval": "⏸"}  # fmt: skip
 
 
-def _status(status: str) -> str:
+def _status(status: str, *, decided: bool = False) -> str:
+    if status == RunStatus.WAITING_APPROVAL and decided:
+        # The decision came and the next attempt took over: this one only waited.
+        return "⏸ waited for approval"
     return f"{_STATUS_MARK.get(status, '•')} {status.replace('_', ' ')}"
 
 
@@ -355,9 +358,13 @@ class RunAdmin(ReadOnlyAdmin):
     def agent(self, obj: Run) -> str:
         return obj.task.created_by.name
 
+    def get_queryset(self, request):  # noqa: ANN001, ANN201
+        decided = Approval.objects.filter(run=OuterRef("pk")).exclude(status=ApprovalStatus.PENDING)
+        return super().get_queryset(request).annotate(_decided=Exists(decided))
+
     @admin.display(description="status", ordering="status")
     def run_status(self, obj: Run) -> str:
-        return _status(obj.status)
+        return _status(obj.status, decided=obj._decided)
 
     @admin.display(description="duration")
     def duration(self, obj: Run) -> str:

@@ -352,6 +352,8 @@ def run_page(run: Run) -> dict[str, Any]:
         "audit_count": audit,
         "audit_url": reverse("admin:audit_auditevent_changelist")
         + f"?{urlencode({'correlation_id': run.correlation_id})}",
+        "waited": run.status == RunStatus.WAITING_APPROVAL
+        and Approval.objects.filter(run=run).exclude(status=ApprovalStatus.PENDING).exists(),
         "can_rerun": run.status in FAILED_STATUSES
         and run.occurrence_id is not None
         and Occurrence.objects.filter(pk=run.occurrence_id, state="dead").exists(),

@@ -169,3 +169,16 @@ def test_the_lists_say_lateness_status_streaks_and_zones_in_words(admin_client, 
     agents = admin_client.get("/admin/agents/agent/").content.decode().lower()
     assert "active tasks" in agents
     assert "runs, 24 h" in agents
+
+
+def test_a_decided_parked_attempt_reads_as_waited_for_approval(admin_client, scene):
+    approval = scene["approval"]
+    Run.objects.filter(pk=approval.run_id).update(status="waiting_approval",
+                                                  finished_at=timezone.now())  # fmt: skip
+    listed = admin_client.get("/admin/tasks/run/").content.decode()
+    assert "⏸ waiting approval" in listed
+    admin_client.post(f"/admin/tasks/approval/{approval.pk}/decide/", {"decision": "approve"})
+    listed = admin_client.get("/admin/tasks/run/").content.decode()
+    assert "⏸ waited for approval" in listed
+    page = admin_client.get(f"/admin/tasks/run/{approval.run_id}/change/").content.decode()
+    assert "Waited for approval" in page
