@@ -1,3 +1,4 @@
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,16 +10,15 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from audit.services import Actor
 from ordinaut.errors import OrdinautError
-from tasks import approvals, schedules, services
+from tasks import approvals, services
 from tasks.console import FAILED_STATUSES, lateness_in_words, seconds_in_words
 from tasks.models import (
-    TIME_KINDS,
     Approval,
     ApprovalStatus,
     Event,
@@ -117,23 +117,15 @@ class TaskAdmin(ReadOnlyAdmin):
     search_fields = ["title", "description", "id", "schedule_expr", "created_by__name"]
     date_hierarchy = "created_at"
     list_select_related = ["created_by"]
-    readonly_fields = ["upcoming", *[f.name for f in Task._meta.fields]]
+    # The payload pretty-printed instead of one line of JSON; the next occurrences are above.
+    exclude = ["payload"]
+    readonly_fields = ["payload_json", *[f.name for f in Task._meta.fields if f.name != "payload"]]
     actions = ["pause", "resume", "cancel", "run_now"]
 
-    @admin.display(description="next occurrences (task timezone)")
-    def upcoming(self, obj: Task) -> str:
-        if obj.status != TaskStatus.ACTIVE or obj.schedule_kind not in TIME_KINDS:
-            return "—"
-        try:
-            instants = schedules.next_occurrences(
-                obj.schedule_kind, obj.schedule_expr, obj.timezone, timezone.now(), 5
-            )
-        except schedules.ScheduleError as exc:
-            return f"invalid schedule: {exc}"
-        return (
-            format_html_join("", "<div>{}</div>", ((instant.isoformat(),) for instant in instants))
-            or "none left"
-        )
+    @admin.display(description="payload")
+    def payload_json(self, obj: Task) -> str:
+        text = json.dumps(obj.payload, indent=2, sort_keys=True, ensure_ascii=False)
+        return format_html('<pre class="console-json" style="white-space:pre-wrap">{}</pre>', text)
 
     change_form_template = "admin/console/task_change_form.html"
 
@@ -379,7 +371,9 @@ class RunAdmin(ReadOnlyAdmin):
 
     date_hierarchy = "started_at"
     list_select_related = ["task", "task__created_by"]
-    readonly_fields = [f.name for f in Run._meta.fields]
+    # Output and steps are shown pretty-printed above the fields (run_change_form.html).
+    exclude = ["output", "steps"]
+    readonly_fields = [f.name for f in Run._meta.fields if f.name not in ("output", "steps")]
 
 
 @admin.register(Event)

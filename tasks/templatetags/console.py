@@ -48,5 +48,17 @@ def pretty_json(value: Any) -> str:
 
 
 @register.filter
+def iso_time(value: str | None) -> str:
+    """An ISO timestamp from a step record as a time of day in CONSOLE_TIME_ZONE."""
+    if not value:
+        return "—"
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return moment.astimezone(console.console_zone()).strftime("%H:%M:%S.%f")[:-3]
+
+
+@register.filter
 def duration(seconds: float | None) -> str:
     return "—" if seconds is None else console.seconds_in_words(seconds)
