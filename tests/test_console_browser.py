@@ -5,6 +5,7 @@ are written to var/screenshots/ on every run."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -192,3 +193,50 @@ def test_every_admin_page_loads_without_console_errors(page, scene):
         response = page.goto(f"{page.base}{path}")
         assert response.status == 200, path
     assert page.errors == []
+
+
+def _luminance(css_color: str) -> float:
+    red, green, blue = (int(part) / 255 for part in re.findall(r"\d+", css_color)[:3])
+    return 0.2126 * red + 0.7152 * green + 0.0722 * blue
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_both_themes_keep_the_json_and_tiles_readable(page, scene, theme):
+    run = Run.objects.filter(task=scene["gated"]).order_by("attempt").first()
+    page.evaluate(f"localStorage.setItem('theme', '{theme}')")
+    page.goto(f"{page.base}/admin/tasks/run/{run.pk}/change/")
+    block = page.locator("[data-run-output]")
+    colors = block.evaluate("e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]")
+    text, background = (_luminance(color) for color in colors)
+    assert abs(text - background) > 0.4, colors  # the text stands out from its background
+    assert (background < 0.5) == (theme == "dark")
+    page.goto(f"{page.base}/admin/")
+    shoot(page, f"dashboard-{theme}")
+    value = page.locator('[data-metric="dead"] [data-value]')
+    colors = value.evaluate("e => [getComputedStyle(e).color, "
+                            "getComputedStyle(e.closest('a')).backgroundColor]")  # fmt: skip
+    text, background = (_luminance(color) for color in colors)
+    assert abs(text - background) > 0.3, colors
+    assert page.errors == []
+
+
+def test_the_dashboard_works_from_the_keyboard(page, scene):
+    page.reload()
+    # Tab to the first tile: a real link, focusable, that opens its list with Enter.
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.dataset.metric") == "queued":
+            break
+    else:
+        raise AssertionError("the first tile is not reachable with Tab")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert "/admin/tasks/occurrence/" in page.url
+    # Every form control on the task page has a label or text.
+    page.goto(f"{page.base}/admin/tasks/task/{scene['good'].pk}/change/")
+    controls = ".console input:not([type=hidden]), .console button"
+    unlabeled = page.evaluate(
+        f"() => [...document.querySelectorAll('{controls}')]"
+        ".filter(e => !(e.labels && e.labels.length) && !e.textContent.trim()).length"
+    )
+    assert unlabeled == 0
