@@ -1,7 +1,9 @@
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Exists, IntegerField, OuterRef, Subquery, Value
@@ -15,7 +17,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from audit.services import Actor
-from ordinaut.errors import OrdinautError
+from ordinaut.errors import InvalidInput, OrdinautError
 from tasks import approvals, services
 from tasks.console import FAILED_STATUSES, lateness_in_words, seconds_in_words
 from tasks.models import (
@@ -35,6 +37,7 @@ from tasks.models import (
     WebhookDelivery,
     WorkerHeartbeat,
 )
+from tasks.validation import revalidate_changes
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -107,6 +110,61 @@ def _status(status: str, *, decided: bool = False) -> str:
     return f"{_STATUS_MARK.get(status, '•')} {status.replace('_', ' ')}"
 
 
+class PrettyJSONField(forms.JSONField):
+    """A JSON textarea that shows its value indented, so a pipeline can be read and edited."""
+
+    def prepare_value(self, value: Any) -> str:
+        if isinstance(value, str):
+            return value  # a bound value being shown back with its error
+        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+# What an operator may edit on the task page; the rest is identity or the scheduler's.
+TASK_EDITABLE = [
+    "title", "description", "schedule_kind", "schedule_expr", "timezone", "payload",
+    "priority", "max_retries", "timeout_seconds", "misfire_policy", "backoff_strategy",
+    "concurrency_key",
+]  # fmt: skip
+
+
+class TaskForm(forms.ModelForm):
+    """Validated exactly as the API validates an update (tasks.validation), each reason
+    shown next to its field; saved by TaskAdmin through services.task_update."""
+
+    payload = PrettyJSONField(widget=forms.Textarea(attrs={"rows": 16, "cols": 90}))
+
+    class Meta:
+        model = Task
+        fields = TASK_EDITABLE
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        changes = {name: cleaned[name] for name in self.changed_data if name in cleaned}
+        if not changes or self.errors:
+            return cleaned
+        probe = Task.objects.select_related("created_by").get(pk=self.instance.pk)
+        for name, value in changes.items():
+            setattr(probe, name, value)
+        try:
+            revalidate_changes(probe, changes, timezone.now())
+        except InvalidInput as exc:
+            self._add_api_errors(exc)
+        return cleaned
+
+    def _add_api_errors(self, exc: InvalidInput) -> None:
+        """The API's 422 details ({"payload.pipeline[0].uses": [...]}) on their fields."""
+        placed = False
+        for location, reasons in (exc.details or {}).items():
+            field = re.split(r"[.\[]", str(location), maxsplit=1)[0]
+            target = field if field in self.fields else None
+            for reason in reasons if isinstance(reasons, list) else [reasons]:
+                where = "" if target == location else f"{location}: "
+                self.add_error(target, f"{where}{reason}")
+                placed = True
+        if not placed:
+            self.add_error(None, exc.message)
+
+
 @admin.register(Task)
 class TaskAdmin(ReadOnlyAdmin):
     list_display = [
@@ -117,15 +175,9 @@ class TaskAdmin(ReadOnlyAdmin):
     search_fields = ["title", "description", "id", "schedule_expr", "created_by__name"]
     date_hierarchy = "created_at"
     list_select_related = ["created_by"]
-    # The payload pretty-printed instead of one line of JSON; the next occurrences are above.
-    exclude = ["payload"]
-    readonly_fields = ["payload_json", *[f.name for f in Task._meta.fields if f.name != "payload"]]
+    form = TaskForm
+    readonly_fields = [f.name for f in Task._meta.fields if f.name not in TASK_EDITABLE]
     actions = ["pause", "resume", "cancel", "run_now"]
-
-    @admin.display(description="payload")
-    def payload_json(self, obj: Task) -> str:
-        text = json.dumps(obj.payload, indent=2, sort_keys=True, ensure_ascii=False)
-        return format_html('<pre class="console-json" style="white-space:pre-wrap">{}</pre>', text)
 
     change_form_template = "admin/console/task_change_form.html"
 
@@ -167,8 +219,17 @@ class TaskAdmin(ReadOnlyAdmin):
         return f"{obj._streak} failed in a row" if obj._streak else "—"
 
     def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
-        # Needed for the actions; fields stay read-only (edits go through the API).
         return request.user.has_perm("tasks.change_task")
+
+    def save_model(self, request, obj, form, change) -> None:  # noqa: ANN001
+        """Through the same service as PATCH /tasks/{id}: rescheduling, ledger and audit."""
+        changes = {name: form.cleaned_data[name] for name in form.changed_data}
+        if changes:
+            updated = services.task_update(
+                task_id=obj.pk, changes=changes, actor=Actor.user(request.user)
+            )
+            obj.refresh_from_db()
+            obj.next_run_at = updated.next_run_at
 
     def get_urls(self) -> list:
         control = self.admin_site.admin_view(require_POST(self.control_view))
@@ -208,7 +269,7 @@ class TaskAdmin(ReadOnlyAdmin):
         from tasks import console
 
         task = self.get_object(request, object_id)
-        extra = {**(extra_context or {}), **_no_save_buttons()}
+        extra = dict(extra_context or {})
         if task is not None:
             extra.update(console.task_page(task), title=f"Task: {task.title}")
         return super().change_view(request, object_id, form_url, extra)

@@ -100,7 +100,9 @@ def test_the_task_page_pauses_resumes_and_cancels_on_confirmation(admin_client, 
     task = scene["task"]
     page = admin_client.get(f"/admin/tasks/task/{task.pk}/change/").content.decode()
     assert 'data-control="pause"' in page
-    assert 'name="_save"' not in page  # nothing editable, no Save buttons
+    # Identity and scheduler-maintained fields are shown, never as inputs.
+    for field in ("status", "next_run_at", "created_by", "paused_at"):
+        assert f'name="{field}"' not in page
     assert 'data-list="upcoming"' in page
     admin_client.post(f"/admin/tasks/task/{task.pk}/control/pause/")
     assert Task.objects.get(pk=task.pk).status == "paused"
@@ -182,3 +184,44 @@ def test_a_decided_parked_attempt_reads_as_waited_for_approval(admin_client, sce
     assert "⏸ waited for approval" in listed
     page = admin_client.get(f"/admin/tasks/run/{approval.run_id}/change/").content.decode()
     assert "Waited for approval" in page
+
+
+def edit_form(task: Task, **changes) -> dict:
+    import json as _json
+
+    data = {
+        "title": task.title, "description": task.description, "schedule_kind": task.schedule_kind,
+        "schedule_expr": task.schedule_expr or "", "timezone": task.timezone,
+        "payload": _json.dumps(task.payload), "priority": task.priority,
+        "max_retries": task.max_retries, "timeout_seconds": task.timeout_seconds or "",
+        "misfire_policy": task.misfire_policy, "backoff_strategy": task.backoff_strategy,
+        "concurrency_key": task.concurrency_key or "",
+    }  # fmt: skip
+    data.update(changes)
+    return data
+
+
+def test_editing_a_task_validates_as_the_api_and_shows_the_reason_by_the_field(admin_client, scene):
+    import json as _json
+
+    from audit.models import AuditEvent
+
+    task = scene["task"]
+    url = f"/admin/tasks/task/{task.pk}/change/"
+    bad = {"pipeline": [{"id": "x", "uses": "no.such.tool", "with": {}}]}
+    response = admin_client.post(url, edit_form(task, payload=_json.dumps(bad)))
+    assert response.status_code == 200
+    errors = re.findall(
+        r'<ul class="errorlist[^"]*"[^>]*>(.*?)</ul>', response.content.decode(), re.S
+    )
+    assert any("no.such.tool" in e for e in errors), errors
+    assert Task.objects.get(pk=task.pk).payload == task.payload  # nothing written
+    response = admin_client.post(url, edit_form(task, schedule_expr="61 * * * *"))
+    assert "schedule_expr" in response.content.decode()
+    assert Task.objects.get(pk=task.pk).schedule_expr == task.schedule_expr
+
+    response = admin_client.post(url, edit_form(task, title="nightly report v2"))
+    assert response.status_code == 302
+    assert Task.objects.get(pk=task.pk).title == "nightly report v2"
+    [row] = AuditEvent.objects.filter(action="task.updated", subject_id=str(task.pk))
+    assert row.actor_type == "user"
