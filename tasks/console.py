@@ -19,6 +19,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
+from ordinaut.errors import InvalidInput
 from ordinaut.health import queue_stats
 from tasks.models import (
     Approval,
@@ -292,15 +293,15 @@ def task_page(task: Any) -> dict[str, Any]:
             upcoming = schedule_preview(kind=task.schedule_kind, expr=task.schedule_expr,
                                         timezone_name=task.timezone, after=timezone.now(),
                                         n=10)  # fmt: skip
-        except Exception as exc:  # an invalid stored schedule is shown, not raised
-            preview_error = str(getattr(exc, "message", exc))
+        except InvalidInput as exc:  # an invalid stored schedule is shown, not raised
+            preview_error = exc.message
     runs = list(Run.objects.filter(task=task).order_by("-started_at")[:10])
     for run in runs:
         run.seconds = (
             (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
         )
     agent = task.created_by
-    budgets = {name: getattr(agent, name) for name in agent.budgets} if agent else {}
+    budgets = dict(agent.budgets) if agent else {}
     return {
         "console_task": task,
         "controls": task_controls(task),
