@@ -1,8 +1,8 @@
-"""What the operator console's dashboard shows (the admin index, templates/admin/console/).
+"""What the operator console shows: the dashboard on the admin index, the task page and
+the run page (templates/admin/console/).
 
-Read-only selectors: each figure is one query, and the definitions are the ones the tiles
-document (docs/console.md). The dashboard's buttons post to the admin views in
-tasks/admin.py, which call the same services as the API.
+Read-only selectors; the tiles' definitions are documented in docs/console.md. The pages'
+buttons post to the admin views in tasks/admin.py, which call the same services as the API.
 """
 
 from __future__ import annotations
