@@ -26,6 +26,7 @@ for every connection a client makes, whatever the URL or redirect hop that asked
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import ssl
@@ -218,6 +219,14 @@ def _socket_stream(sock: socket.socket) -> httpcore.NetworkStream:
     return SyncStream(sock)
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """httpx's default verifying context, built once: loading the CA bundle costs more than
+    the rest of a client, and every http.request step makes a client. A client-side
+    context is safe to share between threads."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 class GuardedTransport(httpx.HTTPTransport):
     """httpx's transport over GuardedBackend (no proxy, no unix socket)."""
 
@@ -225,11 +234,12 @@ class GuardedTransport(httpx.HTTPTransport):
         self, *, deadline: float | None = None, limits: httpx.Limits | None = None
     ) -> None:
         limits = limits or httpx.Limits()
-        super().__init__(trust_env=False, limits=limits)
+        context = _ssl_context()
+        super().__init__(verify=context, trust_env=False, limits=limits)
         # httpx builds its pool without a way to pass a network backend; the pool is
         # rebuilt with the same settings and ours (tests/security/test_ssrf.py holds it).
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

@@ -34,15 +34,6 @@ _BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def check_target(url: str) -> None:
-    """Raise ToolError (not retryable) when `url` is not http(s) or names an internal IP
-    literal; names are checked when connecting (pipelines.egress)."""
-    try:
-        egress.check_url(url)
-    except egress.EgressRefused as exc:
-        raise ToolError(f"http.request: {exc.message}", retryable=False) from exc
-
-
 @dataclass(frozen=True)
 class _Hop:
     """One request of the chain: what it sends and where."""
@@ -98,9 +89,10 @@ def max_response_bytes(arguments: dict[str, Any]) -> int:
 
 def request(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
     timeout = min(float(arguments.get("timeout", context.timeout)), context.timeout)
-    hop = _first_hop(arguments)
     deadline = time.monotonic() + timeout
     try:
+        # The first URL, every redirect hop and every connection raise EgressRefused alike.
+        hop = _first_hop(arguments)
         with egress.client(timeout=timeout, deadline=deadline) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 with client.stream(hop.method, hop.url, headers=hop.headers, **hop.body) as answer:
@@ -120,10 +112,7 @@ def request(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
 
 
 def _first_hop(arguments: dict[str, Any]) -> _Hop:
-    try:
-        url = egress.check_url(arguments["url"])
-    except egress.EgressRefused as exc:
-        raise ToolError(f"http.request: {exc.message}", retryable=False) from exc
+    url = egress.check_url(arguments["url"])
     if arguments.get("params"):
         url = url.copy_merge_params(arguments["params"])
     body: dict[str, Any] = {}

@@ -308,10 +308,6 @@ def post(client: httpx.Client, claimed: ClaimedDelivery) -> AttemptResult:
     (runs in a thread)."""
     started, clock = timezone.now(), time.monotonic()
     result = AttemptResult(started_at=started)
-    try:
-        egress.check_url(claimed.url)
-    except egress.EgressRefused as exc:
-        return _refused(result, exc)
     body = encode_body(claimed.payload)
     timestamp = str(int(time.time()))
     key_id, secret = claimed.signing_key()
@@ -325,6 +321,8 @@ def post(client: httpx.Client, claimed: ClaimedDelivery) -> AttemptResult:
         "X-Ordinaut-Key-Id": key_id,
     }
     try:
+        # Refused here for an internal IP literal, or when connecting for a name (pipelines.egress).
+        egress.check_url(claimed.url)
         with client.stream("POST", claimed.url, content=body, headers=headers) as response:
             result.status_code = response.status_code
             # Only the start of the answer is kept: a receiver cannot make us read megabytes.
@@ -337,18 +335,14 @@ def post(client: httpx.Client, claimed: ClaimedDelivery) -> AttemptResult:
         result.response_excerpt = _storable(text)
         if not result.delivered:
             result.error = f"HTTP {response.status_code}"
-    except egress.EgressRefused as exc:  # the name resolved to an internal address
-        return _refused(result, exc)
+    except egress.EgressRefused as exc:
+        # Recorded, and not retried: the same guard would refuse again.
+        result.error = _storable(f"refused: {exc.message}")
+        result.retryable = False
+        return result
     except Exception as exc:  # network errors, and whatever a strange receiver provokes
         result.error = _storable(f"{type(exc).__name__}: {exc}")
     result.duration_ms = (time.monotonic() - clock) * 1000
-    return result
-
-
-def _refused(result: AttemptResult, exc: egress.EgressRefused) -> AttemptResult:
-    """A target the guard refused: recorded, and not retried (the same guard would refuse)."""
-    result.error = _storable(f"refused: {exc.message}")
-    result.retryable = False
     return result
 
 
