@@ -118,9 +118,6 @@ class Worker:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="run")
         self._results: queue.Queue = queue.Queue()
         self._in_flight: dict[int, _InFlight] = {}
-        # Pipelines that have begun in a thread (the heartbeat's running count).
-        self._executing = 0
-        self._executing_lock = threading.Lock()
         self._unrecorded: list[occurrence_queue.Outcome] = []
         # Moving average of run durations (seconds); starts pessimistic (slow pipelines).
         self._avg_run_seconds = 1.0
@@ -209,8 +206,6 @@ class Worker:
         token = set_correlation_id(claimed.correlation_id)
         started = time.perf_counter()
         began = timezone.now()
-        with self._executing_lock:
-            self._executing += 1
         try:
             run = Run(
                 id=claimed.run_id,
@@ -232,8 +227,6 @@ class Worker:
         finally:
             reset_correlation_id(token)
             close_old_connections()
-            with self._executing_lock:
-                self._executing -= 1
         outcome.duration_ms = (time.perf_counter() - started) * 1000
         outcome.pipeline_started_at = began
         self._results.put(outcome)
@@ -429,7 +422,7 @@ class Worker:
                 "last_seen": timezone.now(),
                 "concurrency": self.concurrency,
                 # Pipelines executing now, not prefetched work waiting for a thread.
-                "running": self._executing,
+                "running": sum(item.future.running() for item in self._in_flight.values()),
                 "processed": self._processed,
             },
         )
