@@ -107,9 +107,3 @@ def serve_from_options(options: dict[str, Any]) -> WSGIServer | None:
     if options.get("metrics_port") is None:
         return None
     return serve(options["metrics_port"], options["metrics_host"])
-
-
-def stop(server: WSGIServer) -> None:
-    """Stop a server `serve` started (tests; commands just exit)."""
-    server.shutdown()
-    server.server_close()

@@ -53,6 +53,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+def _button(modeladmin: admin.ModelAdmin, route: str, view: Any, name: str) -> Any:
+    """The URL a console button posts to: behind the admin's login and CSRF, POST only."""
+    return path(route, modeladmin.admin_site.admin_view(require_POST(view)), name=name)
+
+
 def _back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
     """Back to the page the button was on (same host only), else `fallback`."""
     target = request.POST.get("next") or request.headers.get("Referer", "")
@@ -232,11 +237,8 @@ class TaskAdmin(ReadOnlyAdmin):
             obj.next_run_at = updated.next_run_at
 
     def get_urls(self) -> list:
-        control = self.admin_site.admin_view(require_POST(self.control_view))
-        return [
-            path("<uuid:task_id>/control/<str:action>/", control, name="tasks_task_control"),
-            *super().get_urls(),
-        ]
+        route = "<uuid:task_id>/control/<str:action>/"
+        return [_button(self, route, self.control_view, "tasks_task_control"), *super().get_urls()]
 
     def control_view(self, request: HttpRequest, task_id: Any, action: str) -> Any:
         """POST from the task page: pause, resume, cancel (confirmed), run now, snooze."""
@@ -317,9 +319,9 @@ class OccurrenceAdmin(ReadOnlyAdmin):
         return request.user.has_perm("tasks.change_occurrence")
 
     def get_urls(self) -> list:
-        rerun = self.admin_site.admin_view(require_POST(self.rerun_view))
+        route = "<int:occurrence_id>/rerun/"
         return [
-            path("<int:occurrence_id>/rerun/", rerun, name="tasks_occurrence_rerun"),
+            _button(self, route, self.rerun_view, "tasks_occurrence_rerun"),
             *super().get_urls(),
         ]
 
@@ -495,9 +497,9 @@ class ApprovalAdmin(ReadOnlyAdmin):
         return request.user.has_perm("tasks.decide_approval")
 
     def get_urls(self) -> list:
-        decide = self.admin_site.admin_view(require_POST(self.decide_view))
+        route = "<uuid:approval_id>/decide/"
         return [
-            path("<uuid:approval_id>/decide/", decide, name="tasks_approval_decide"),
+            _button(self, route, self.decide_view, "tasks_approval_decide"),
             *super().get_urls(),
         ]
 

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from ordinaut.errors import InvalidInput
 from ordinaut.health import queue_stats
+from tasks.health import worker_fresh_seconds
 from tasks.models import (
     Approval,
     ApprovalStatus,
@@ -124,7 +125,7 @@ def tiles(now: datetime | None = None) -> list[Tile]:
 def processes(now: datetime | None = None) -> list[dict[str, Any]]:
     """Workers and schedulers with their last heartbeat; stale ones are flagged."""
     now = now or timezone.now()
-    worker_fresh = timedelta(seconds=max(30, settings.WORKER_LEASE_SECONDS))
+    worker_fresh = timedelta(seconds=worker_fresh_seconds())
     scheduler_fresh = timedelta(seconds=settings.SCHEDULER_HEARTBEAT_STALE_SECONDS)
 
     def seen(row: Any) -> str:
@@ -146,7 +147,7 @@ def processes(now: datetime | None = None) -> list[dict[str, Any]]:
 RUNS_PER_MINUTE = """
 SELECT date_trunc('minute', finished_at) AS minute,
        count(*) FILTER (WHERE status = 'succeeded'),
-       count(*) FILTER (WHERE status IN ('failed', 'timed_out', 'lost'))
+       count(*) FILTER (WHERE status = ANY(%(failed)s))
 FROM tasks_run
 WHERE finished_at >= %(since)s
 GROUP BY 1
@@ -159,7 +160,7 @@ def runs_per_minute(now: datetime | None = None) -> dict[str, Any]:
     now = (now or timezone.now()).replace(second=0, microsecond=0)
     start = now - timedelta(minutes=59)
     with connection.cursor() as cursor:
-        cursor.execute(RUNS_PER_MINUTE, {"since": start})
+        cursor.execute(RUNS_PER_MINUTE, {"since": start, "failed": list(FAILED_STATUSES)})
         counts = {minute: (ok, bad) for minute, ok, bad in cursor.fetchall()}
     buckets = []
     for n in range(60):
@@ -328,10 +329,10 @@ def run_page(run: Run) -> dict[str, Any]:
     for record in run.steps or []:
         seconds = record.get("duration_ms")
         steps.append({**record, "seconds": seconds / 1000 if seconds is not None else None})
-    queued = None
-    if run.occurrence_id:
-        occurrence = Occurrence.objects.filter(pk=run.occurrence_id).first()
-        queued = occurrence.created_at if occurrence else None
+    occurrence = (
+        Occurrence.objects.filter(pk=run.occurrence_id).first() if run.occurrence_id else None
+    )
+    queued = occurrence.created_at if occurrence else None
     attempts = (
         list(Run.objects.filter(occurrence_id=run.occurrence_id).exclude(pk=run.pk)
              .order_by("attempt"))
@@ -356,8 +357,8 @@ def run_page(run: Run) -> dict[str, Any]:
         "waited": run.status == RunStatus.WAITING_APPROVAL
         and Approval.objects.filter(run=run).exclude(status=ApprovalStatus.PENDING).exists(),
         "can_rerun": run.status in FAILED_STATUSES
-        and run.occurrence_id is not None
-        and Occurrence.objects.filter(pk=run.occurrence_id, state="dead").exists(),
+        and occurrence is not None
+        and occurrence.state == OccurrenceState.DEAD,
         "ok": run.status == RunStatus.SUCCEEDED,
         "zone": settings.CONSOLE_TIME_ZONE,
     }

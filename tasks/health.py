@@ -27,8 +27,14 @@ def check_scheduler() -> CheckResult:
     return timed_check("scheduler", False, _scheduler_probe)
 
 
+def worker_fresh_seconds() -> float:
+    """How recent a worker's heartbeat must be for it to count as alive (/health, /metrics and
+    the console alike): a lease's length, but never under 30 s."""
+    return max(30.0, float(settings.WORKER_LEASE_SECONDS))
+
+
 def _workers_probe() -> str:
-    fresh_after = timezone.now() - timedelta(seconds=max(30, settings.WORKER_LEASE_SECONDS))
+    fresh_after = timezone.now() - timedelta(seconds=worker_fresh_seconds())
     fresh = WorkerHeartbeat.objects.filter(last_seen__gte=fresh_after)
     count = fresh.count()
     if not count:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_http_methods
@@ -21,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ordinaut.health import metrics_refusal
+from tasks.health import worker_fresh_seconds
 from tasks.models import OccurrenceState
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,8 @@ class StateCollector(Collector):
 
     @staticmethod
     def _read() -> tuple:
-        fresh = max(30.0, float(settings.WORKER_LEASE_SECONDS))
         with connection.cursor() as cursor:
-            cursor.execute(STATE_SQL, {"worker_fresh": fresh})
+            cursor.execute(STATE_SQL, {"worker_fresh": worker_fresh_seconds()})
             return cursor.fetchone()
 
 
