@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,6 +83,44 @@ def run_manage(*args: str, env: dict[str, str], timeout: float = 60) -> subproce
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+class Processes:
+    """Child processes started by `processes`, their output in one file."""
+
+    def __init__(self, commands: list[list[str]], env: dict[str, str]) -> None:
+        self._log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by stop)
+        self._final: str | None = None
+        self.started = [
+            subprocess.Popen(command, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+            for command in commands
+        ]
+
+    def output(self) -> str:
+        """Everything they wrote so far (after `stop`, all they ever wrote)."""
+        if self._final is not None:
+            return self._final
+        self._log.seek(0)
+        return self._log.read()
+
+    def stop(self) -> None:
+        for process in self.started:
+            process.terminate()
+        for process in self.started:
+            process.wait(timeout=30)
+        self._final = self.output()
+        self._log.close()
+
+
+@contextlib.contextmanager
+def processes(commands: list[list[str]], env: dict[str, str]) -> Iterator[Processes]:
+    """Run `commands` from the repository root with `env` for the block; terminate and reap
+    every one at its end, whatever happened."""
+    running = Processes(commands, env)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def pipeline_threads_gone(timeout: float = 15) -> None:

@@ -24,7 +24,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +48,7 @@ from tests.api_support import (  # noqa: F401 (fixtures)
     api_key_for,
     fresh_throttles,
 )
-from tests.conftest import ROOT, command_env, run_manage, wait_for
+from tests.conftest import ROOT, command_env, processes, run_manage, wait_for
 from tests.factories import make_agent
 from tests.test_webhooks import agent_with_webhook, finish_one_run, receiver  # noqa: F401
 
@@ -124,23 +123,12 @@ def live_stack(test_database_url):
         DEBUG="0", SECRET_KEY=settings.SECRET_KEY, DATABASE_URL=test_database_url,
         REDIS_URL="", LOG_LEVEL="WARNING",
     )  # fmt: skip
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed below)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "ordinaut.wsgi", "-b", f"127.0.0.1:{port}",
-             "--workers", "1", "--threads", "4"],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        ),
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), "runworker"],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        ),
+    commands = [
+        [sys.executable, "-m", "gunicorn", "ordinaut.wsgi", "-b", f"127.0.0.1:{port}",
+         "--workers", "1", "--threads", "4"],
+        [sys.executable, str(ROOT / "manage.py"), "runworker"],
     ]  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-
-    def server_log() -> str:
-        log.seek(0)
-        return log.read()
 
     def manage(*args: str) -> subprocess.CompletedProcess:
         # Agents are made by the command operators use (production settings), not by the
@@ -149,18 +137,11 @@ def live_stack(test_database_url):
         assert done.returncode == 0, done.stderr
         return done
 
-    try:
+    with processes(commands, env) as running:
         wait_for(lambda: _answers(f"{base}/health/live"), 30, "gunicorn answers")
-        yield base, server_log, manage
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
-        log.seek(0)
-        output = log.read()
-        log.close()
-        assert "Traceback" not in output, output
+        yield base, running.output, manage
+    output = running.output()
+    assert "Traceback" not in output, output
 
 
 def _answers(url: str) -> bool:

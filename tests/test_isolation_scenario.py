@@ -5,9 +5,7 @@ agent can harm another."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +15,7 @@ import pytest
 from django.conf import settings
 
 from ordinaut.embedded import free_port
-from tests.conftest import ROOT, command_env, run_manage, wait_for
+from tests.conftest import ROOT, command_env, processes, run_manage, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -57,7 +55,6 @@ def stack(test_database_url):
         DEBUG="0", SECRET_KEY=settings.SECRET_KEY, DATABASE_URL=test_database_url,
         REDIS_URL=settings.REDIS_URL, LOG_LEVEL="WARNING", SCHEDULER_POLL_INTERVAL="0.2",
     )  # fmt: skip
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed below)
     commands = [
         [sys.executable, "-m", "gunicorn", "ordinaut.wsgi", "-b", f"127.0.0.1:{port}",
          "--workers", "1", "--threads", "4"],
@@ -65,10 +62,6 @@ def stack(test_database_url):
         [sys.executable, str(ROOT / "manage.py"), "runworker", "--concurrency", "4"],
         [sys.executable, str(ROOT / "manage.py"), "runworker", "--concurrency", "4"],
     ]  # fmt: skip
-    processes = [
-        subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        for command in commands
-    ]
     base = f"http://127.0.0.1:{port}"
 
     def agent(name: str, scopes: str) -> tuple[dict, Http]:
@@ -80,19 +73,9 @@ def stack(test_database_url):
         )
         return made, Http(base, pair["access_token"])
 
-    def server_log() -> str:
-        log.seek(0)
-        return log.read()
-
-    try:
-        wait_for(lambda: _up(base), 30, f"web did not come up\n{server_log()}")
-        yield agent, processes, server_log
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
-        log.close()
+    with processes(commands, env) as running:
+        wait_for(lambda: _up(base), 30, f"web did not come up\n{running.output()}")
+        yield agent, running.started, running.output
 
 
 def _up(base: str) -> bool:
@@ -111,7 +94,7 @@ def eventually(predicate, message: str, timeout: float = 20) -> None:
 
 
 def test_agents_cannot_harm_each_other_on_a_running_stack(stack):
-    agent, processes, server_log = stack
+    agent, started, server_log = stack
     _, alice_api = agent("alice", BASE_SCOPES)
     bob, bob_api = agent("bob", "tasks:read,tasks:write,runs:read")
     _, admin = agent("operator", "admin")
@@ -147,7 +130,7 @@ def test_agents_cannot_harm_each_other_on_a_running_stack(stack):
         b'{"pipeline": [{"id": "ask", "uses": "approval.request", "with": '
         b'{"prompt": "ok?", "expires_in_seconds": 1e400}}]}}'))  # fmt: skip
     assert status == 422, answer
-    assert all(process.poll() is None for process in processes), server_log()
+    assert all(process.poll() is None for process in started), server_log()
 
     # 4. Two agents' tasks with the same concurrency_key run at the same time.
     sleepy = {"pipeline": [{"id": "hold", "uses": "debug.sleep", "with": {"seconds": 2}}]}
@@ -203,4 +186,4 @@ def test_agents_cannot_harm_each_other_on_a_running_stack(stack):
     approval = admin.ok("GET", "/approvals?status=pending")["items"][0]
     assert approver.ok("GET", "/approvals?status=pending")["items"] == []
     assert approver.call("POST", f"/approvals/{approval['id']}/approve", {})[0] == 404
-    assert all(process.poll() is None for process in processes), server_log()
+    assert all(process.poll() is None for process in started), server_log()

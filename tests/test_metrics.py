@@ -4,9 +4,7 @@ where the work happens, and a live stack serves each series where it is document
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
 import threading
 import urllib.request
 from datetime import timedelta
@@ -17,6 +15,7 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from ordinaut.embedded import free_port
 from tasks.delivery import outbox
 from tasks.delivery.webhooks import deliver_webhooks
 from tasks.models import (
@@ -28,7 +27,14 @@ from tasks.models import (
 )
 from tasks.scheduler import Scheduler
 from tasks.worker import Worker
-from tests.conftest import ROOT, command_env, pipeline_threads_gone, run_manage, wait_for
+from tests.conftest import (
+    ROOT,
+    command_env,
+    pipeline_threads_gone,
+    processes,
+    run_manage,
+    wait_for,
+)
 from tests.factories import make_agent, make_occurrence, make_task
 from tests.test_outbox import stream  # noqa: F401 (fixture)
 from tests.test_pipeline_executor import start_run
@@ -150,14 +156,6 @@ def test_relayed_events_are_counted(stream):  # noqa: F811
 # -- a live stack -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def fetch(url: str, **headers: str) -> tuple[int, str]:
     request = urllib.request.Request(url, headers=headers)  # noqa: S310 (loopback)
     try:
@@ -180,15 +178,11 @@ def test_a_live_stack_serves_each_series_where_documented(test_database_url):
         [*manage, "runscheduler", "--metrics-port", str(scheduler_port)],
         [*manage, "runworker", "--concurrency", "2", "--metrics-port", str(worker_port)],
     ]  # fmt: skip
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed below)
-    processes = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-                 for c in commands]  # fmt: skip
+    with processes(commands, env) as stack:
 
-    def server_log() -> str:
-        log.seek(0)
-        return log.read()[-4000:]
+        def server_log() -> str:
+            return stack.output()[-4000:]
 
-    try:
         made = run_manage("createagent", "metrics-agent", "--scopes", "tasks:write", "--json",
                           env=env)  # fmt: skip
         assert made.returncode == 0, made.stderr
@@ -221,9 +215,3 @@ def test_a_live_stack_serves_each_series_where_documented(test_database_url):
             assert state[("ordinaut_workers_alive", ())] >= 1
             assert ("ordinaut_queue_occurrences", (("state", "queued"),)) in state
             assert ("ordinaut_scheduler_last_tick_timestamp_seconds", ()) in state
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
-        log.close()
