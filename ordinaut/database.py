@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -109,7 +110,9 @@ class Listener:
         # Close the generator before anything else: it holds the connection's lock.
         notes.close()
         if found:
-            found += [note.payload for note in self._conn.notifies(timeout=0.01)]
+            # Drain what has already arrived without waiting for more: every millisecond
+            # spent here is a millisecond added to the pickup of the work that woke us.
+            found += [note.payload for note in self._conn.notifies(timeout=0)]
         return found
 
     def notify_self(self, payload: str) -> None:
@@ -157,15 +160,31 @@ class ModelColumns:
         """`alias."col1", alias."col2", ...` in field order."""
         return ", ".join(f'{alias}."{field.column}"' for field in self.fields)
 
-    def instance(self, values: Sequence[Any], *, using: str = "default") -> Any:
-        """A model instance from one row's values, in the order of `sql()`'s columns."""
+    def _decode(self, values: Sequence[Any], using: str) -> list[Any]:
         from django.db import connections
 
         values = list(values)
         for index, field in self._decoded:
             if values[index] is not None:
                 values[index] = field.from_db_value(values[index], None, connections[using])
-        return self.model.from_db(using, self._attnames, values)
+        return values
+
+    def instance(self, values: Sequence[Any], *, using: str = "default") -> Any:
+        """A model instance from one row's values, in the order of `sql()`'s columns."""
+        return self.model.from_db(using, self._attnames, self._decode(values, using))
+
+    @functools.cached_property
+    def _record_type(self) -> type:
+        return collections.namedtuple(f"{self.model.__name__}Record", self._attnames)
+
+    def record(self, values: Sequence[Any], *, using: str = "default") -> Any:
+        """A read-only row with the instance's field values under the same attribute names.
+
+        For list pages rendered straight to JSON: a model instance costs ~20 µs to build, a
+        named tuple ~1 µs, and a page of 50 pays that 50 times. No model methods or
+        properties: render only fields from it.
+        """
+        return self._record_type._make(self._decode(values, using))
 
 
 TIMESTAMPTZ_OID = 1184

@@ -17,6 +17,7 @@ What it guarantees:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -67,6 +68,33 @@ class StepStatus(StrEnum):
 _REUSABLE = {StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.REUSED}
 
 
+@dataclass(slots=True)
+class RunView:
+    """The attempt as the executor and its tools see it, built by the worker from its claim.
+
+    Duck-compatible with the `tasks.models.Run` row (the attributes read here and by tools:
+    pk/id, task, task_id, occurrence_id, scheduled_for, attempt, trigger, correlation_id,
+    steps): constructing a model instance per run cost a tenth of a short run's time.
+    """
+
+    id: Any
+    task: Any  # tasks.models.Task, its created_by loaded
+    occurrence_id: int | None
+    scheduled_for: datetime | None
+    attempt: int
+    trigger: str
+    correlation_id: str
+    steps: list | None = None
+
+    @property
+    def pk(self) -> Any:
+        return self.id
+
+    @property
+    def task_id(self) -> Any:
+        return self.task.pk
+
+
 @dataclass
 class ExecutionResult:
     # "succeeded" | "failed" | "timed_out" | "waiting" (parked for approval) | "canceled"
@@ -112,7 +140,7 @@ class _StepRun:
             "finished_at": None,
             "duration_ms": None,
             "attempts": 0,
-            "run_id": str(execution.run_row.pk),
+            "run_id": execution.run_id,
         }
         if step.get("save_as"):
             self.record["save_as"] = step["save_as"]
@@ -127,7 +155,7 @@ class _StepRun:
         seconds = time.monotonic() - self.clock
         self.record["duration_ms"] = round(seconds * 1000, 3)
         if status != StepStatus.SKIPPED:
-            metrics.STEP_DURATION.labels(self.uses).observe(seconds)
+            _step_duration(self.uses).observe(seconds)
         level = logging.WARNING if status == StepStatus.FAILED else logging.INFO
         logger.log(
             level,
@@ -158,15 +186,22 @@ class _StepRun:
 
 
 def execute(
-    run: Run, *, event: dict | None = None, deadline: float | None = None
+    run: Run | RunView,
+    *,
+    event: dict | None = None,
+    deadline: float | None = None,
+    structure_checked: bool = False,
 ) -> ExecutionResult:
     """Execute `run`'s pipeline; `deadline` is a `time.monotonic()` instant for the whole run.
 
+    `structure_checked`: the caller ran `validate_structure` on this very payload object
+    and it passed (the worker does once per cached task), so it is not walked again.
     Writes `run.steps` as it goes; never raises for anything a payload or tool can do.
     """
     token = set_correlation_id(run.correlation_id or None)
     try:
-        return _Execution(run, event=event, deadline=deadline).run()
+        execution = _Execution(run, event=event, deadline=deadline)
+        return execution.run(structure_checked=structure_checked)
     except Exception as exc:
         # Only a bug in this module (or a database outage) lands here.
         logger.exception("run %s: executor error", run.pk)
@@ -178,6 +213,24 @@ def execute(
         )
     finally:
         reset_correlation_id(token)
+
+
+def inline_safe(payload: Any) -> bool:
+    """True when every step of the pipeline calls a pure built-in tool (`ToolSpec.inline`)
+    at most once: nothing to wait on (no I/O, no sleep, no retry backoff), so the worker may
+    run it on its own thread instead of handing it to the pool."""
+    from pipelines.tools import BUILTIN_TOOLS
+
+    pipeline = payload.get("pipeline") if isinstance(payload, dict) else None
+    if not isinstance(pipeline, list) or not pipeline:
+        return False
+    for step in pipeline:
+        if not isinstance(step, dict) or not isinstance(step.get("uses"), str):
+            return False
+        tool = BUILTIN_TOOLS.get(step["uses"])
+        if tool is None or not tool.inline or _retry_policy(step)[0] != 1:
+            return False
+    return True
 
 
 def record_decision(*, run_id: Any, step_id: str, decision: dict[str, Any]) -> bool:
@@ -206,8 +259,9 @@ def record_decision(*, run_id: Any, step_id: str, decision: dict[str, Any]) -> b
 
 
 class _Execution:
-    def __init__(self, run: Run, *, event: dict | None, deadline: float | None) -> None:
+    def __init__(self, run: Run | RunView, *, event: dict | None, deadline: float | None) -> None:
         self.run_row = run
+        self.run_id = str(run.pk)
         self.task = run.task
         self.agent = self.task.created_by
         self.deadline = deadline
@@ -220,7 +274,7 @@ class _Execution:
             "params": self.payload.get("params") or {},
             "steps": {},
             "run": {
-                "id": str(run.pk),
+                "id": self.run_id,
                 "attempt": run.attempt,
                 "scheduled_for": _iso(run.scheduled_for, zone),
                 "trigger": run.trigger,
@@ -254,9 +308,10 @@ class _Execution:
 
     # -- the run ------------------------------------------------------------------------------
 
-    def run(self) -> ExecutionResult:
+    def run(self, *, structure_checked: bool = False) -> ExecutionResult:
         try:
-            validate_structure(self.payload)
+            if not structure_checked:
+                validate_structure(self.payload)
         except InvalidInput as exc:
             return self._failed(f"invalid pipeline: {exc.message}", retryable=False)
         pipeline = self.payload["pipeline"]
@@ -337,7 +392,7 @@ class _Execution:
                 break
             record = {**earlier, "status": StepStatus.REUSED.value}
             record.setdefault("reused_from", earlier.get("run_id"))
-            record["run_id"] = str(self.run_row.pk)
+            record["run_id"] = self.run_id
             self.records.append(record)
             produced = earlier.get("produced", earlier.get("status") != StepStatus.SKIPPED)
             output = earlier.get("output") if produced else None
@@ -659,7 +714,42 @@ def _iso(instant: datetime | None, zone: ZoneInfo) -> str | None:
 
 def _jsonable(value: Any) -> Any:
     """`value` as plain JSON data (what the database stores); odd types become strings."""
+    if _is_plain(value):
+        return value  # already what the round trip below would return
     try:
         return json.loads(json.dumps(value, default=str))
     except (TypeError, ValueError):
         return str(value)
+
+
+# How many values `_is_plain` looks at before it leaves a big output to the JSON round trip.
+_PLAIN_CHECK_BUDGET = 512
+
+
+def _is_plain(value: Any) -> bool:
+    """True when `value` is made only of dicts with str keys, lists, str, int, float, bool
+    and None: JSON's own types, which a JSON round trip returns equal. Exact types only (a
+    str subclass, a tuple, an int key all change in the round trip)."""
+    stack, budget = [value], _PLAIN_CHECK_BUDGET
+    while stack:
+        budget -= 1
+        if budget < 0:
+            return False
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            for key, inner in item.items():
+                if type(key) is not str:
+                    return False
+                stack.append(inner)
+        elif kind is list:
+            stack.extend(item)
+        elif not (kind is str or kind is int or kind is float or kind is bool or item is None):
+            return False
+    return True
+
+
+@functools.cache
+def _step_duration(uses: str) -> Any:
+    """The step-duration histogram's child for one tool (labels() locks and looks up)."""
+    return metrics.STEP_DURATION.labels(uses)

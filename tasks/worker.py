@@ -1,9 +1,13 @@
 """The worker: lease occurrences, run their pipelines in threads, record every attempt.
 
 One main thread talks to the queue (claim, heartbeat, finish, reclaim) in batches; a pool
-of `concurrency` threads runs pipelines. Idle, it sleeps on LISTEN (the insert trigger and
-the services NOTIFY), so due work starts within milliseconds; the poll interval is only
-the fallback and the timer for future run_at values.
+of `concurrency` threads runs pipelines that wait on the outside world (HTTP, LLMs, MCP).
+Pipelines made only of pure built-in tools (no I/O, no sleep: see `inline_safe`) run on the
+main thread itself, between claims, in slices of INLINE_SLICE_SECONDS: handing a 100 µs
+pipeline to a thread and its result back costs more than running it, and eight threads
+contending for the GIL and the results queue cost more still. Idle, the worker sleeps on
+LISTEN (the insert trigger and the services NOTIFY), so due work starts within
+milliseconds; the poll interval is only the fallback and the timer for future run_at values.
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ from django.utils import timezone
 from ordinaut import metrics
 from ordinaut.correlation import reset_correlation_id, set_correlation_id
 from ordinaut.database import Listener
-from pipelines.executor import ExecutionResult, execute
+from ordinaut.errors import InvalidInput
+from pipelines.executor import ExecutionResult, RunView, execute, inline_safe
+from pipelines.validation import validate_structure
 from tasks import queue as occurrence_queue
 from tasks.approvals import park_request
 from tasks.channels import WORKER_CHANNEL
-from tasks.models import Event, Run, RunStatus, Task, WorkerHeartbeat, run_status_for
+from tasks.models import Event, RunStatus, Task, WorkerHeartbeat, run_status_for
 
 logger = logging.getLogger("ordinaut.worker")
 run_logger = logging.getLogger("ordinaut.runs")
@@ -61,6 +67,9 @@ TASK_CACHE_MAX_ENTRIES = 10_000
 # How long the loop blocks for the first result, then for more to join its commit.
 RESULT_WAIT_SECONDS = 0.05
 RESULT_BATCH_WINDOW_SECONDS = 0.01
+# The main thread runs inline pipelines for at most this long before it records what
+# finished and looks at the queue again (heartbeats, claims, pool results).
+INLINE_SLICE_SECONDS = 0.1
 # A run past its deadline gets this long to notice before the worker ends it itself.
 TIMEOUT_GRACE_SECONDS = 5.0
 # After a database error the loop waits this long, doubling up to the maximum.
@@ -70,11 +79,42 @@ DB_RETRY_MAX_SECONDS = 10.0
 STOP_CHECK_SECONDS = 0.5
 
 
+class _InlineFuture:
+    """What `_InFlight` asks of a pool Future, for a run the main thread executes itself
+    (a real Future builds a Condition per run, a few percent of a short run's cost)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state = "pending"
+
+    def cancel(self) -> bool:
+        if self.state == "pending":
+            self.state = "canceled"
+        return self.state == "canceled"
+
+    def set_running_or_notify_cancel(self) -> bool:
+        if self.state == "canceled":
+            return False
+        self.state = "running"
+        return True
+
+    def set_result(self, _result: None) -> None:
+        self.state = "done"
+
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def done(self) -> bool:
+        return self.state in ("done", "canceled")
+
+
 @dataclass
 class _InFlight:
     claimed: occurrence_queue.ClaimedOccurrence
     task: Task
-    future: Future
+    # The pool's future, or the main thread's own for an inline run (same meaning).
+    future: Future | _InlineFuture
     deadline: float | None  # monotonic; None: no run timeout
 
 
@@ -92,6 +132,15 @@ def event_context(event_id: Any) -> dict[str, Any] | None:
         "source_agent_id": str(event.source_agent_id) if event.source_agent_id else None,
         "published_at": event.published_at.isoformat(),
     }
+
+
+def _structure_sound(payload: Any) -> bool:
+    """True when the payload passes `validate_structure` (checked once per cached task)."""
+    try:
+        validate_structure(payload)
+    except InvalidInput:
+        return False
+    return True
 
 
 class Worker:
@@ -122,6 +171,8 @@ class Worker:
         # Moving average of run durations (seconds); starts pessimistic (slow pipelines).
         self._avg_run_seconds = 1.0
         self._tasks: dict[Any, Task] = {}
+        # Claimed inline runs not started yet, in claim order (most urgent first).
+        self._inline: collections.deque[_InFlight] = collections.deque()
         self._listener = Listener(WORKER_CHANNEL)
         self._started = timezone.now()
         self._processed = 0
@@ -168,8 +219,10 @@ class Worker:
             )  # fmt: skip
         for item in claimed:
             self._start(item)
-        finished = self._collect(block=bool(self._in_flight) and not claimed)
-        return bool(claimed or finished)
+        ran = self._run_inline()
+        block = bool(self._in_flight) and not claimed and not ran and not self._inline
+        finished = self._collect(block=block)
+        return bool(claimed or ran or finished)
 
     def _prefetch(self) -> int:
         """How many occurrences to hold: enough to keep every thread busy for ~0.25 s.
@@ -185,8 +238,28 @@ class Worker:
     def _start(self, claimed: occurrence_queue.ClaimedOccurrence) -> None:
         task = self._task(claimed.task_id)
         deadline = time.monotonic() + task.timeout_seconds if task.timeout_seconds else None
-        future = self._pool.submit(self._execute, claimed, task, deadline)
-        self._in_flight[claimed.occurrence_id] = _InFlight(claimed, task, future, deadline)
+        if task._inline:
+            item = _InFlight(claimed, task, _InlineFuture(), deadline)
+            self._inline.append(item)
+        else:
+            future = self._pool.submit(self._execute, claimed, task, deadline)
+            item = _InFlight(claimed, task, future, deadline)
+        self._in_flight[claimed.occurrence_id] = item
+
+    def _run_inline(self) -> int:
+        """Run queued inline pipelines on this thread for up to INLINE_SLICE_SECONDS; their
+        outcomes join the next batch to record. Returns how many ran."""
+        ran, until = 0, time.monotonic() + INLINE_SLICE_SECONDS
+        while self._inline and (ran == 0 or time.monotonic() < until):
+            item = self._inline.popleft()
+            if item.claimed.occurrence_id not in self._in_flight:
+                continue  # timed out waiting, or its lease was lost: no longer ours to run
+            if not item.future.set_running_or_notify_cancel():
+                continue  # released by a shutdown before it started
+            self._unrecorded.append(self._run(item.claimed, item.task, item.deadline))
+            item.future.set_result(None)
+            ran += 1
+        return ran
 
     def _task(self, task_id: Any) -> Task:
         # Tasks change rarely and runs are many: cache them briefly (edits apply next claim).
@@ -194,6 +267,8 @@ class Worker:
         if task is None or time.monotonic() - task._cached_at > TASK_CACHE_SECONDS:
             task = Task.objects.select_related("created_by").get(pk=task_id)
             task._cached_at = time.monotonic()
+            task._inline = inline_safe(task.payload)
+            task._structure_checked = _structure_sound(task.payload)
             if len(self._tasks) > TASK_CACHE_MAX_ENTRIES:
                 self._tasks.clear()
             self._tasks[task_id] = task
@@ -202,34 +277,45 @@ class Worker:
     def _execute(
         self, claimed: occurrence_queue.ClaimedOccurrence, task: Task, deadline: float | None
     ) -> None:
-        """Runs in a pool thread. Never raises: every failure becomes an outcome."""
+        """Runs in a pool thread: the outcome goes back to the main thread's queue."""
+        try:
+            outcome = self._run(claimed, task, deadline)
+        finally:
+            # A pool thread's connection outlives its runs; drop it if it broke or aged.
+            close_old_connections()
+        self._results.put(outcome)
+
+    def _run(
+        self, claimed: occurrence_queue.ClaimedOccurrence, task: Task, deadline: float | None
+    ) -> occurrence_queue.Outcome:
+        """Execute one attempt's pipeline. Never raises: every failure becomes an outcome."""
         token = set_correlation_id(claimed.correlation_id)
         started = time.perf_counter()
         began = timezone.now()
         try:
-            run = Run(
+            run = RunView(
                 id=claimed.run_id,
                 task=task,
                 occurrence_id=claimed.occurrence_id,
                 scheduled_for=claimed.scheduled_for,
                 attempt=claimed.attempt,
                 trigger=claimed.trigger,
-                status=RunStatus.RUNNING,
-                started_at=began,
                 correlation_id=claimed.correlation_id,
             )
             event = event_context(claimed.event_id)
-            outcome = self._finished(claimed, task, execute(run, event=event, deadline=deadline))
+            result = execute(
+                run, event=event, deadline=deadline, structure_checked=task._structure_checked
+            )
+            outcome = self._finished(claimed, task, result)
         except Exception as exc:  # the executor promises not to raise; this is the backstop
             error = f"executor crashed: {type(exc).__name__}: {exc}"
             logger.error("%s\n%s", error, traceback.format_exc())
             outcome = self._outcome(claimed, task, RunStatus.FAILED, None, error)
         finally:
             reset_correlation_id(token)
-            close_old_connections()
         outcome.duration_ms = (time.perf_counter() - started) * 1000
         outcome.pipeline_started_at = began
-        self._results.put(outcome)
+        return outcome
 
     @classmethod
     def _finished(
@@ -436,6 +522,7 @@ class Worker:
         unstarted = [oid for oid, item in self._in_flight.items() if item.future.cancel()]
         for oid in unstarted:
             del self._in_flight[oid]
+        self._inline.clear()
         with contextlib.suppress(DatabaseError, psycopg.Error):
             occurrence_queue.release(self.name, unstarted)
         deadline = time.monotonic() + self.shutdown_grace

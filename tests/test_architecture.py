@@ -28,9 +28,10 @@ def project_modules() -> list[Path]:
     found = [ROOT / "manage.py"]
     for folder in (*APPS, "bench"):
         for path in sorted((ROOT / folder).rglob("*.py")):
-            # Skip migrations, and virtualenvs a benchmark run made (bench/.venv-peers).
+            # Skip migrations, and what a benchmark run made in hidden folders (virtualenvs
+            # such as bench/.venv-peers, the original project's export in bench/.original).
             if "migrations" not in path.parts and not any(
-                part.startswith(".venv") for part in path.parts
+                part.startswith(".") for part in path.relative_to(ROOT).parts
             ):
                 found.append(path)
     return found

@@ -94,5 +94,6 @@ TOOLS = [
         required_scope=None,
         timeout_seconds=30,
         func=request,
+        inline=True,
     ),
 ]

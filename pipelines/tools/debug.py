@@ -49,6 +49,7 @@ TOOLS = [
         required_scope=None,
         timeout_seconds=10,
         func=echo,
+        inline=True,
     ),
     ToolSpec(
         name="debug.log",
@@ -65,6 +66,7 @@ TOOLS = [
         required_scope=None,
         timeout_seconds=10,
         func=log,
+        inline=True,
     ),
     ToolSpec(
         name="debug.sleep",

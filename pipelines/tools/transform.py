@@ -32,5 +32,6 @@ TOOLS = [
         required_scope=None,
         timeout_seconds=10,
         func=jmespath_tool,
+        inline=True,
     ),
 ]

@@ -13,6 +13,9 @@ logger = logging.getLogger("ordinaut.worker")  # the worker module's own logger
 
 class Command(BaseCommand):
     help = "Run a worker: lease due occurrences and execute their pipelines (safe to run N)."
+    # The web process and `migrate` run the system checks; a worker (or scheduler) that
+    # runs them at every start pays a quarter of a second importing every URL and view.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser) -> None:  # noqa: ANN001
         parser.add_argument("--concurrency", type=int, default=4, help="pipeline threads")
