@@ -18,9 +18,10 @@ re-executes itself in bench/.venv-original:
   resolved to here).
 
 seed: the original's schema (migrations/version_0001.sql, as its compose file loads it,
-    minus its two CREATE EXTENSION lines: see seed()) into an empty database, one agent, `--tasks` active tasks plus a tenth as many paused ones,
-    `--runs` finished runs spread over them; VACUUM ANALYZE. Prints one JSON line: the agent
-    id, an access token minted by the original's own JWTManager, and a task id.
+    minus its two CREATE EXTENSION lines: see seed()) into an empty database, one agent,
+    `--tasks` active tasks plus a tenth as many paused ones, `--runs` finished runs spread
+    over them; VACUUM ANALYZE. Prints one JSON line: the agent id, an access token minted by
+    the original's own JWTManager, and a task id.
 serve: exec uvicorn as its Dockerfile does (`uvicorn api.main:app`), on 127.0.0.1 only, with
     `--workers` processes, rate limiting off (RATE_LIMIT_ENABLED=false, as bench/api.py
     raises Ordinaut's limits) and `--log-level warning`. Its own per-request JSON log line at
