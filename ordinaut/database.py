@@ -12,6 +12,10 @@ from typing import Any
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+# psycopg prepares a statement after this many executions, or at once when the call asks
+# (`execute(..., prepare=True)`); this many means never unasked.
+PREPARE_ON_REQUEST_ONLY = 2**31 - 1
+
 
 def database_settings(url: str) -> dict[str, Any]:
     """Return a Django DATABASES entry for a postgresql:// URL, TCP or Unix-socket form.
@@ -38,6 +42,11 @@ def database_settings(url: str) -> dict[str, Any]:
     if not config.get("NAME"):
         raise ImproperlyConfigured("DATABASE_URL must name a database, e.g. .../ordinaut")
     options.setdefault("connect_timeout", 5)
+    # Django turns psycopg's prepared statements off (for PgBouncer's sake); the queue's hot
+    # statements ask for it explicitly (tasks.queue), and nothing else is ever prepared.
+    # DB_PREPARED_STATEMENTS=0 turns that off, for a pooler that cannot keep them.
+    prepared = os.environ.get("DB_PREPARED_STATEMENTS", "1").lower() not in ("0", "false", "no")
+    options.setdefault("prepare_threshold", PREPARE_ON_REQUEST_ONLY if prepared else None)
     options.setdefault("application_name", os.environ.get("ORDINAUT_PROCESS", "ordinaut"))
     config["OPTIONS"] = options
     config["CONN_MAX_AGE"] = int(os.environ.get("DB_CONN_MAX_AGE", "60"))

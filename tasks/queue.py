@@ -16,6 +16,7 @@ clock for every worker, and it moves on between statements of a transaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -37,6 +38,22 @@ def _cursor() -> psycopg.Cursor:
     """
     connection.ensure_connection()
     return psycopg.Cursor(connection.connection)
+
+
+# The statements workers and the scheduler run many times a second are prepared once per
+# connection (`prepare=True`): planning the claim's CTE costs PostgreSQL more than running
+# it. DB_PREPARED_STATEMENTS=0 turns it off (ordinaut.database; docs/scaling.md).
+
+
+def _one_statement() -> contextlib.AbstractContextManager:
+    """The transaction for a function that runs a single statement.
+
+    A statement is atomic by itself: outside a transaction it runs in autocommit, one round
+    trip where BEGIN, statement, COMMIT take three (on an idle worker's path from NOTIFY to
+    pipeline start, that is most of the pickup). Inside the caller's transaction it is a
+    savepoint, so a failing statement rolls back only itself, as before.
+    """
+    return transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
 
 
 # -- enqueue ----------------------------------------------------------------------------------
@@ -64,7 +81,7 @@ def enqueue_scheduled(rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
     with _cursor() as cursor:
-        cursor.execute(ENQUEUE_SCHEDULED, [json.dumps(rows)])
+        cursor.execute(ENQUEUE_SCHEDULED, [json.dumps(rows)], prepare=True)
         return cursor.rowcount
 
 
@@ -285,7 +302,7 @@ CLAIM = _PICK_UNKEYED + _LEASE_PICKED
 # right now: keys are per agent, so one agent's "email" never blocks another's. The NOT
 # EXISTS skips keys visibly running; two workers racing for the same key are settled by the
 # partial unique index occurrence_one_leased_per_agent_key: the loser's UPDATE fails with
-# a unique violation (caught in a savepoint), so never two leased per agent and key.
+# a unique violation (the statement alone rolls back), so never two leased per agent and key.
 _PICK_KEYED = """
 WITH picked AS (
     SELECT id FROM tasks_occurrence AS o
@@ -331,34 +348,59 @@ def claim(
     *,
     lease_seconds: float | None = None,
     concurrency_keys: list[str] | None = None,
-    keyed: bool = True,
 ) -> list[ClaimedOccurrence]:
-    """Lease up to `limit` due occurrences for `owner` and start a Run for each.
+    """Lease up to `limit` due occurrences for `owner` and start a Run for each: unkeyed
+    work first (claim_unkeyed), then keyed work (claim_keyed). Commits before returning."""
+    options = {"lease_seconds": lease_seconds, "concurrency_keys": concurrency_keys}
+    claimed = claim_unkeyed(owner, limit, **options)
+    return claimed + claim_keyed(owner, limit - len(claimed), **options)
 
-    Unkeyed work is claimed in one statement; keyed work one occurrence at a time (at most
-    one leased per key, enforced by the database). `concurrency_keys` restricts the worker
-    to those keys (and then it takes no unkeyed work). Commits before returning.
+
+def claim_unkeyed(
+    owner: str,
+    limit: int,
+    *,
+    lease_seconds: float | None = None,
+    concurrency_keys: list[str] | None = None,
+) -> list[ClaimedOccurrence]:
+    """Lease up to `limit` due occurrences without a concurrency key, in one statement.
+
+    A worker restricted to `concurrency_keys` takes no unkeyed work: nothing is claimed.
     """
+    if concurrency_keys is not None or limit <= 0:
+        return []
+    lease = settings.WORKER_LEASE_SECONDS if lease_seconds is None else lease_seconds
+    params = {"owner": owner, "lease": lease, "limit": limit}
+    with _one_statement(), _cursor() as cursor:
+        cursor.execute(CLAIM, params, prepare=True)
+        return [ClaimedOccurrence(*row) for row in cursor.fetchall()]
+
+
+def claim_keyed(
+    owner: str,
+    limit: int,
+    *,
+    lease_seconds: float | None = None,
+    concurrency_keys: list[str] | None = None,
+) -> list[ClaimedOccurrence]:
+    """Lease up to `limit` due occurrences that have a concurrency key (restricted to
+    `concurrency_keys` when given), one statement each: at most one leased per agent and
+    key, enforced by the database."""
     lease = settings.WORKER_LEASE_SECONDS if lease_seconds is None else lease_seconds
     params = {"owner": owner, "lease": lease, "keys": concurrency_keys}
     claimed: list[ClaimedOccurrence] = []
-    with transaction.atomic(), _cursor() as cursor:
-        if concurrency_keys is None:
-            cursor.execute(CLAIM, {**params, "limit": limit})
-            claimed += [ClaimedOccurrence(*row) for row in cursor.fetchall()]
-    if keyed:
-        while len(claimed) < limit:
-            one = _claim_keyed(params)
-            if one is None:
-                break
-            claimed.append(one)
+    while len(claimed) < limit:
+        one = _claim_keyed(params)
+        if one is None:
+            break
+        claimed.append(one)
     return claimed
 
 
 def _claim_keyed(params: dict[str, Any]) -> ClaimedOccurrence | None:
     try:
-        with transaction.atomic(), _cursor() as cursor:
-            cursor.execute(CLAIM_KEYED, params)
+        with _one_statement(), _cursor() as cursor:
+            cursor.execute(CLAIM_KEYED, params, prepare=True)
             row = cursor.fetchone()
     except psycopg.errors.UniqueViolation:
         # Another worker leased the same key between our check and our update: it won.
@@ -377,7 +419,7 @@ WHERE state = 'queued'
 def seconds_until_next_due() -> float | None:
     """Seconds until the earliest queued run_at (<= 0 when due now); None when none is queued."""
     with _cursor() as cursor:
-        cursor.execute(NEXT_DUE)
+        cursor.execute(NEXT_DUE, prepare=True)
         (seconds,) = cursor.fetchone()
     return None if seconds is None else float(seconds)
 
@@ -400,8 +442,10 @@ def heartbeat(
     if not occurrence_ids:
         return set()
     lease = settings.WORKER_LEASE_SECONDS if lease_seconds is None else lease_seconds
-    with transaction.atomic(), _cursor() as cursor:
-        cursor.execute(HEARTBEAT, {"lease": lease, "ids": occurrence_ids, "owner": owner})
+    with _one_statement(), _cursor() as cursor:
+        cursor.execute(
+            HEARTBEAT, {"lease": lease, "ids": occurrence_ids, "owner": owner}, prepare=True
+        )
         return {row[0] for row in cursor.fetchall()}
 
 
@@ -422,7 +466,7 @@ WHERE r.occurrence_id = released.id AND r.attempt = released.attempt AND r.statu
 def release(owner: str, occurrence_ids: list[int]) -> None:
     """Return never-started occurrences to the queue."""
     if occurrence_ids:
-        with transaction.atomic(), _cursor() as cursor:
+        with _one_statement(), _cursor() as cursor:
             cursor.execute(RELEASE, {"ids": occurrence_ids, "owner": owner})
 
 
@@ -456,8 +500,8 @@ RETURNING o.id, o.state
 
 def reclaim_expired() -> list[tuple[int, str]]:
     """Requeue (or dead-letter) occurrences with expired leases; return (id, new state)."""
-    with transaction.atomic(), _cursor() as cursor:
-        cursor.execute(RECLAIM_EXPIRED)
+    with _one_statement(), _cursor() as cursor:
+        cursor.execute(RECLAIM_EXPIRED, prepare=True)
         return list(cursor.fetchall())
 
 
@@ -658,15 +702,15 @@ def finish(owner: str, outcomes: list[Outcome]) -> dict[str, int]:
     if batch.parked:
         counts["waiting"] = len(batch.parked)
     with transaction.atomic(), _cursor() as cursor:
-        cursor.execute("SELECT clock_timestamp()")
-        (now,) = cursor.fetchone()
-        cursor.execute(FINISH_RUNS, [json.dumps(batch.runs, default=str)])
+        cursor.execute(FINISH_RUNS, [json.dumps(batch.runs, default=str)], prepare=True)
         if batch.done:
-            cursor.execute(DELETE_DONE, {"ids": batch.done, "owner": owner})
+            cursor.execute(DELETE_DONE, {"ids": batch.done, "owner": owner}, prepare=True)
         if batch.parked:
             rows = json.dumps(batch.parked, default=str)
             cursor.execute(PARK, {"rows": rows, "owner": owner})
         if batch.again:
+            cursor.execute("SELECT clock_timestamp()")
+            (now,) = cursor.fetchone()
             rows = [
                 {**row, "run_at": (now + timedelta(seconds=row.pop("delay"))).isoformat()}
                 for row in batch.again
@@ -715,6 +759,6 @@ RETURNING id
 
 def rerun_dead(occurrence_ids: list[int]) -> list[int]:
     """Requeue dead occurrences as fresh ones due now; return the new occurrence ids."""
-    with transaction.atomic(), _cursor() as cursor:
+    with _one_statement(), _cursor() as cursor:
         cursor.execute(RERUN_DEAD, {"ids": occurrence_ids})
         return [row[0] for row in cursor.fetchall()]

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -211,15 +212,14 @@ class Worker:
                 logger.warning("reclaimed occurrence %s -> %s", occurrence_id, state)
         room = self._prefetch() - len(self._in_flight)
         # Claim in batches: topping up one slot at a time would cost a commit per run.
-        claimed = []
+        claimed, ran = [], 0
         if room > 0 and (not self._in_flight or room >= self._prefetch() // 2):
-            claimed = occurrence_queue.claim(
-                self.name, room, lease_seconds=self.lease_seconds,
-                concurrency_keys=self.concurrency_keys,
-            )  # fmt: skip
-        for item in claimed:
-            self._start(item)
-        ran = self._run_inline()
+            claimed = self._claim(occurrence_queue.claim_unkeyed, room)
+            # Keyed work costs a statement per occurrence: what one statement claimed starts
+            # first, so its pickup does not wait on them.
+            ran = self._run_inline()
+            claimed += self._claim(occurrence_queue.claim_keyed, room - len(claimed))
+        ran += self._run_inline()
         block = bool(self._in_flight) and not claimed and not ran and not self._inline
         finished = self._collect(block=block)
         return bool(claimed or ran or finished)
@@ -234,6 +234,18 @@ class Worker:
         return max(PREFETCH_PER_THREAD * self.concurrency, min(wanted, PREFETCH_MAX))
 
     # -- executing --------------------------------------------------------------------------
+
+    def _claim(
+        self, claim: Callable[..., list[occurrence_queue.ClaimedOccurrence]], limit: int
+    ) -> list[occurrence_queue.ClaimedOccurrence]:
+        """Claim with `claim` (one of the queue's two) and start what it leased."""
+        claimed = claim(
+            self.name, limit, lease_seconds=self.lease_seconds,
+            concurrency_keys=self.concurrency_keys,
+        )  # fmt: skip
+        for item in claimed:
+            self._start(item)
+        return claimed
 
     def _start(self, claimed: occurrence_queue.ClaimedOccurrence) -> None:
         task = self._task(claimed.task_id)
