@@ -152,6 +152,18 @@ def page(
     # A full count only when the page does not already tell us the total.
     fits = offset == 0 and len(rows) < limit
     total = len(rows) if fits else queryset.order_by().count()
+    return envelope(rows, total=total, limit=limit, offset=offset, render=render)
+
+
+def envelope(
+    rows: list[Any],
+    *,
+    total: int,
+    limit: int,
+    offset: int,
+    render: Callable[[Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """The original's list envelope around `rows`, the page at `offset` of `total`."""
     return {
         "items": [render(row) for row in rows],
         "total": total,

@@ -31,6 +31,7 @@ from ordinaut import scopes
 from ordinaut.api import (
     OperationSerializer,
     PageQuerySerializer,
+    envelope,
     iso,
     operation,
     page,
@@ -120,13 +121,18 @@ class TaskListCreateApi(APIView):
     )
     def get(self, request: Request) -> Response:
         query = parse_query(TaskListQuerySerializer, request)
-        tasks = selectors.task_list(
+        limit, offset = query["limit"], query["offset"]
+        tasks = selectors.task_page(
             viewer(request),
+            limit=limit,
+            offset=offset,
             status=query.get("status"),
             created_by=query.get("created_by"),
             schedule_kind=query.get("schedule_kind"),
         )
-        return Response(page(tasks, limit=query["limit"], offset=query["offset"], render=task_data))
+        return Response(
+            envelope(tasks.rows, total=tasks.total, limit=limit, offset=offset, render=task_data)
+        )
 
     @extend_schema(
         operation_id="tasks_create",
@@ -418,8 +424,11 @@ class RunListApi(_RunReadApi):
     )
     def get(self, request: Request) -> Response:
         query = parse_query(RunListQuerySerializer, request)
-        runs = selectors.run_list(
+        limit, offset = query["limit"], query["offset"]
+        runs = selectors.run_page(
             viewer(request),
+            limit=limit,
+            offset=offset,
             task_id=query.get("task_id"),
             success=query.get("success"),
             start_time=query.get("start_time"),
@@ -427,10 +436,11 @@ class RunListApi(_RunReadApi):
         )
         include_errors = query["include_errors"]
         return Response(
-            page(
-                runs,
-                limit=query["limit"],
-                offset=query["offset"],
+            envelope(
+                runs.rows,
+                total=runs.total,
+                limit=limit,
+                offset=offset,
                 render=lambda run: run_data(run, include_error=include_errors),
             )
         )

@@ -74,6 +74,79 @@ def task_list(
     return queryset
 
 
+@dataclass(frozen=True)
+class Page:
+    """One page of a list and the number of rows matching the whole list."""
+
+    rows: list[Any]
+    total: int
+
+
+# List pages are the API's heaviest reads, so like single-object reads below their
+# statements are written once. One statement returns the page and, as a scalar subquery
+# PostgreSQL evaluates once, the count of the whole list: one round trip, no ORM compiling,
+# and a total from the same snapshot as the rows. The filters are those of task_list /
+# run_list; an absent filter is a NULL that PostgreSQL folds away before planning (Django
+# binds parameters client-side), so each combination gets the plan of its own query.
+_TASK_FILTER = (
+    "(%(admin)s OR {t}.created_by_id = %(agent)s)"
+    " AND (%(status)s::text IS NULL OR {t}.status = %(status)s)"
+    " AND (%(created_by)s::uuid IS NULL OR {t}.created_by_id = %(created_by)s)"
+    " AND (%(schedule_kind)s::text IS NULL OR {t}.schedule_kind = %(schedule_kind)s)"
+)
+
+
+@functools.cache
+def _task_page_sql() -> str:
+    return (
+        f"SELECT (SELECT count(*) FROM tasks_task c WHERE {_TASK_FILTER.format(t='c')}),"  # noqa: S608 (constants; values bound)
+        f" {_TASK.sql('t')} FROM tasks_task t WHERE {_TASK_FILTER.format(t='t')}"
+        " ORDER BY t.created_at DESC, t.id DESC LIMIT %(limit)s OFFSET %(offset)s"
+    )
+
+
+@functools.cache
+def _task_count_sql() -> str:
+    return f"SELECT count(*) FROM tasks_task c WHERE {_TASK_FILTER.format(t='c')}"  # noqa: S608 (constants; values bound)
+
+
+def _page(sql: str, count_sql: str, params: dict[str, Any], offset: int) -> tuple[list, int]:
+    """(rows without their leading total, total) for a page statement and its count."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+        if rows:
+            return [row[1:] for row in rows], rows[0][0]
+        if offset == 0:
+            return [], 0
+        # Past the end: no row carried the count.
+        cursor.execute(count_sql, params)
+        return [], cursor.fetchone()[0]
+
+
+def task_page(
+    viewer: Viewer,
+    *,
+    limit: int,
+    offset: int,
+    status: str | None = None,
+    created_by: Any = None,
+    schedule_kind: str | None = None,
+) -> Page:
+    """One page of task_list (same rows, same order) as field records, and its total."""
+    params = {
+        "admin": viewer.is_admin,
+        "agent": viewer.agent.pk,
+        "status": status or None,
+        "created_by": created_by or None,
+        "schedule_kind": schedule_kind or None,
+        "limit": limit,
+        "offset": offset,
+    }
+    rows, total = _page(_task_page_sql(), _task_count_sql(), params, offset)
+    return Page(rows=[_TASK.record(row) for row in rows], total=total)
+
+
 # Single-object reads are the API's hottest path, so their statements are written once
 # (see ModelColumns): the same primary-key lookup the ORM would build, plus the visibility
 # rule of task_queryset / run_queryset (own objects, or everything with admin).
@@ -159,6 +232,69 @@ def run_list(
     if end_time:
         queryset = queryset.filter(started_at__lte=end_time)
     return queryset
+
+
+_RUN_FILTER = (
+    "(%(task_id)s::uuid IS NULL OR {r}.task_id = %(task_id)s)"
+    " AND (%(statuses)s::text[] IS NULL OR {r}.status = ANY(%(statuses)s::text[]))"
+    " AND (%(start_time)s::timestamptz IS NULL OR {r}.started_at >= %(start_time)s)"
+    " AND (%(end_time)s::timestamptz IS NULL OR {r}.started_at <= %(end_time)s)"
+)
+
+
+def _runs_of(alias: str, admin: bool) -> str:
+    """FROM and WHERE of the runs a viewer sees: an admin's need no join (as run_queryset)."""
+    if admin:
+        return f"tasks_run {alias} WHERE {_RUN_FILTER.format(r=alias)}"
+    return (
+        f"tasks_run {alias} JOIN tasks_task {alias}t ON {alias}t.id = {alias}.task_id"
+        f" WHERE {alias}t.created_by_id = %(agent)s AND {_RUN_FILTER.format(r=alias)}"
+    )
+
+
+@functools.cache
+def _run_page_sql(admin: bool) -> str:
+    return (
+        f"SELECT (SELECT count(*) FROM {_runs_of('c', admin)}), {_RUN.sql('r')}"  # noqa: S608 (constants; values bound)
+        f" FROM {_runs_of('r', admin)}"
+        " ORDER BY r.started_at DESC, r.id DESC LIMIT %(limit)s OFFSET %(offset)s"
+    )
+
+
+@functools.cache
+def _run_count_sql(admin: bool) -> str:
+    return f"SELECT count(*) FROM {_runs_of('c', admin)}"  # noqa: S608 (constants; values bound)
+
+
+def run_page(
+    viewer: Viewer,
+    *,
+    limit: int,
+    offset: int,
+    task_id: Any = None,
+    success: bool | None = None,
+    start_time: datetime | None = None,
+    end_time: datetime | None = None,
+) -> Page:
+    """One page of run_list (same rows, same order) as Run instances, and its total."""
+    statuses = None
+    if success is True:
+        statuses = [RunStatus.SUCCEEDED.value]
+    elif success is False:
+        statuses = list(_FAILED)
+    params = {
+        "agent": viewer.agent.pk,
+        "task_id": task_id or None,
+        "statuses": statuses,
+        "start_time": start_time,
+        "end_time": end_time,
+        "limit": limit,
+        "offset": offset,
+    }
+    admin = viewer.is_admin
+    rows, total = _page(_run_page_sql(admin), _run_count_sql(admin), params, offset)
+    # Instances, not records: run_data reads Run.success, a property.
+    return Page(rows=[_RUN.instance(row) for row in rows], total=total)
 
 
 def run_get(viewer: Viewer, *, run_id: Any) -> Run:
