@@ -1,3 +1,4 @@
+import gc
 import logging
 import os
 import signal
@@ -48,6 +49,10 @@ class Command(BaseCommand):
             shutdown_grace=options["shutdown_grace"],
         )
         logger.info("%s started: %d pipeline threads", worker.name, options["concurrency"])
+        # Django, the apps and the tools imported so far live as long as the process: move
+        # them out of the collector's generations, so no collection rescans them (a pause
+        # of milliseconds, taken on whatever pickup it lands on).
+        gc.freeze()
         worker.run(stop)
         logger.info("%s stopped", worker.name)
         if worker.threads_still_running():
