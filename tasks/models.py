@@ -102,6 +102,9 @@ class Task(models.Model):
                 condition=Q(status="active", next_run_at__isnull=False),
             ),
             models.Index(fields=["created_by", "-created_at"], name="task_creator_idx"),
+            # The total of an agent's list by status (GET /tasks?status=active): an
+            # index-only count over two columns that deduplicate to a few pages.
+            models.Index(fields=["created_by", "status"], name="task_creator_status_idx"),
             # Runs are visible through their task's owner: this makes "is this run's task
             # mine?" an index-only probe (the /runs page) and the /runs count a merge join.
             models.Index(fields=["created_by", "id"], name="task_owner_idx"),
