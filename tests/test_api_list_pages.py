@@ -321,6 +321,16 @@ def test_a_listed_run_is_exactly_the_run_as_read_alone_without_its_steps(world):
     assert lost["output"] == {"status": "lost", "n": [1, 2.5, None]}
 
 
+def test_run_pages_leave_the_steps_unread_and_unshown(world):
+    steps = [{"id": "hello", "status": "succeeded", "output": {"text": "x" * 5000}}]
+    Run.objects.filter(pk=world["runs"][0].pk).update(steps=steps)
+    listed = selectors.run_page(world["viewers"]["owner"], limit=200, offset=0).rows
+    assert [run.get_deferred_fields() for run in listed] == [{"steps"}] * 8
+    body = get(world["clients"]["owner"], "/runs", limit=200)
+    assert not any("steps" in item for item in body["items"])
+    assert get(world["clients"]["owner"], f"/runs/{world['runs'][0].id}")["steps"] == steps
+
+
 RUN_QUERIES = [
     {},
     {"success": True},
