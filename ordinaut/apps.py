@@ -1,5 +1,32 @@
+from typing import Any
+
 from django.apps import AppConfig
 from django.conf import settings
+from django.contrib.admin.apps import SimpleAdminConfig
+from django.contrib.admin.checks import check_admin_app, check_dependencies
+from django.core import checks
+
+
+class AdminConfig(SimpleAdminConfig):
+    """The admin, without importing every app's admin module at start-up.
+
+    Django's AdminConfig autodiscovers in ready(): a fifth of a worker's or scheduler's
+    start-up, for registrations only the web uses. Here ordinaut/urls.py autodiscovers,
+    so every process that serves the admin has them.
+    """
+
+    def ready(self) -> None:
+        # SimpleAdminConfig.ready(), with the app check discovering first: checks run in no
+        # set order, and without it `manage.py check` could check no ModelAdmin at all.
+        checks.register(check_dependencies, checks.Tags.admin)
+        checks.register(_check_admin_app, checks.Tags.admin)
+
+
+def _check_admin_app(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from django.contrib import admin
+
+    admin.autodiscover()
+    return check_admin_app(app_configs, **kwargs)
 
 
 class OrdinautConfig(AppConfig):

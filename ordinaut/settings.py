@@ -106,7 +106,7 @@ X_FRAME_OPTIONS = "DENY"
 
 # -- applications -----------------------------------------------------------------------------
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "ordinaut.apps.AdminConfig",  # django.contrib.admin, discovered by the URLconf
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -15,6 +15,10 @@ from pipelines import api as pipelines_api
 from tasks import api as tasks_api
 from tasks import metrics as tasks_metrics
 
+# The admin's registrations, loaded with the URLconf: only processes that serve URLs need
+# them (ordinaut.apps.AdminConfig does not autodiscover at start-up).
+admin.autodiscover()
+
 
 def route(pattern: str, view: object, name: str) -> list[URLPattern]:
     """`pattern` with and without a trailing slash: POST cannot be redirected to add one."""

@@ -89,3 +89,37 @@ def test_tcp_url_keeps_credentials_and_options():
 def test_url_without_database_name_is_refused():
     with pytest.raises(ImproperlyConfigured, match="must name a database"):
         database_settings("postgresql://u:p@db.example:5432/")
+
+
+ADMIN_PROBE = (
+    "import sys; from django.contrib import admin; from django.core.checks import run_checks; "
+    "import tasks.worker; "
+    "print('tasks.admin' in sys.modules, len(admin.site._registry)); "
+    "run_checks(tags=['admin']); "
+    "print('tasks.admin' in sys.modules, len(admin.site._registry))"
+)
+
+
+def test_admin_modules_load_with_the_urlconf_or_the_checks_not_at_start_up():
+    env = command_env(
+        DEBUG="0", SECRET_KEY=GOOD_KEY, DATABASE_URL="postgresql://u:p@127.0.0.1:1/db"
+    )
+    result = run_manage("shell", "-c", ADMIN_PROBE, env=env)
+    assert result.returncode == 0, result.stderr
+    started, checked = result.stdout.splitlines()[-2:]
+    # A worker (which imports no URLconf) never pays for the admin's modules...
+    assert started == "False 0"
+    # ...and `manage.py check` still checks every registered ModelAdmin.
+    loaded, registered = checked.split()
+    assert loaded == "True"
+    assert int(registered) >= 10
+
+
+@pytest.mark.django_db
+def test_the_urlconf_registers_the_admin(admin_client):
+    from django.contrib import admin
+
+    from tasks.models import Task
+
+    assert admin_client.get("/admin/tasks/task/").status_code == 200
+    assert Task in admin.site._registry
