@@ -157,6 +157,8 @@ class _StepRun:
         if status != StepStatus.SKIPPED:
             _step_duration(self.uses).observe(seconds)
         level = logging.WARNING if status == StepStatus.FAILED else logging.INFO
+        if not logger.isEnabledFor(level):
+            return
         logger.log(
             level,
             "run %s step %s (%s): %s%s",
@@ -701,6 +703,7 @@ def _retry_policy(step: dict[str, Any]) -> tuple[int, float, bool]:
     return attempts, float(retry.get("backoff_seconds", 1.0)), retry.get("backoff") != "fixed"
 
 
+@functools.cache
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)

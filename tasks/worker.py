@@ -508,6 +508,8 @@ class Worker:
         return late
 
     def _log_run(self, outcome: occurrence_queue.Outcome) -> None:
+        if not run_logger.isEnabledFor(logging.INFO):
+            return  # run logging off (LOG_LEVEL=WARNING): skip building the record's fields
         claimed = outcome.claimed
         run_logger.info(
             "run %s %s", claimed.run_id, outcome.status,
