@@ -8,7 +8,9 @@ Ours: N occurrences of a one-step pipeline (`debug.echo`, run logging off) drain
 launching the worker processes to the last Run finishing. Pickup: one idle worker, one
 occurrence made due at a time at ~50/s; latency = Run start - commit of the insert.
 Peers run through bench/peers/run_peer.py in their own venv (bench/.venv-peers), each in a
-fresh database on the same server, with the same job counts.
+fresh database on the same server, with the same job counts. Every phase starts after a
+VACUUM ANALYZE of its database and a CHECKPOINT (`settle`), so none measures the clean-up of
+the one before.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ def fresh_database(server, name: str) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     return server.tcp_url(name)
+
+
+def settle(server, dbname: str) -> None:
+    """Start every phase from the same quiet server: vacuum what earlier phases left in
+    `dbname` (ours reuses one database; a peer's is fresh, so this finds nothing), then
+    checkpoint, so no autovacuum or checkpoint from a drain lands on the next measurement."""
+    import psycopg
+
+    with psycopg.connect(server.socket_url(dbname), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("CHECKPOINT")
 
 
 def make_task():
@@ -200,8 +213,10 @@ def main() -> None:
     try:
         env = setup_django(url)
         for processes in (1, 2):
+            settle(server, "ordinaut")
             rows.append(drain_ours(env, options.jobs, processes))
             print(json.dumps(rows[-1]), flush=True)
+        settle(server, "ordinaut")
         rows.append(pickup_ours(env, options.pickup_jobs, 50))
         print(json.dumps(rows[-1]), flush=True)
         python = None if options.no_peers else ensure_peers_venv()
@@ -209,6 +224,7 @@ def main() -> None:
             for system in ("pgqueuer", "procrastinate"):
                 for processes in (1, 2):
                     dsn = fresh_database(server, f"peer_{system}_{processes}")
+                    settle(server, f"peer_{system}_{processes}")
                     rows.append(
                         run_peer(
                             python,
@@ -224,6 +240,7 @@ def main() -> None:
                     )
                     print(json.dumps(rows[-1]), flush=True)
                 dsn = fresh_database(server, f"peer_{system}_pickup")
+                settle(server, f"peer_{system}_pickup")
                 rows.append(
                     run_peer(
                         python,

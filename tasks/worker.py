@@ -246,14 +246,7 @@ class Worker:
         self._shutdown()
 
     def run_once(self) -> bool:
-        """One pass: housekeeping, claim what fits, record what finished. True if it did work."""
-        now = time.monotonic()
-        if now - self._last_beat > self.lease_seconds / HEARTBEATS_PER_LEASE:
-            self._heartbeat()
-        if now - self._last_reclaim > min(RECLAIM_INTERVAL_SECONDS, self.lease_seconds / 2):
-            self._last_reclaim = now
-            for occurrence_id, state in occurrence_queue.reclaim_expired():
-                logger.warning("reclaimed occurrence %s -> %s", occurrence_id, state)
+        """One pass: claim what fits, record what finished, housekeeping. True if it did work."""
         room = self._prefetch() - len(self._in_flight)
         # Claim in batches: topping up one slot at a time would cost a commit per run.
         claimed, ran = [], 0
@@ -266,7 +259,23 @@ class Worker:
         ran += self._run_inline()
         block = bool(self._in_flight) and not claimed and not ran and not self._inline
         finished = self._collect(block=block)
-        return bool(claimed or ran or finished)
+        # Housekeeping last: the work a NOTIFY woke us for starts without waiting on it.
+        reclaimed = self._housekeeping()
+        return bool(claimed or ran or finished or reclaimed)
+
+    def _housekeeping(self) -> int:
+        """Heartbeat (extending our leases) and reclaim expired leases, each when due;
+        return how many occurrences were reclaimed (work for the next pass)."""
+        now = time.monotonic()
+        if now - self._last_beat > self.lease_seconds / HEARTBEATS_PER_LEASE:
+            self._heartbeat()
+        if now - self._last_reclaim <= min(RECLAIM_INTERVAL_SECONDS, self.lease_seconds / 2):
+            return 0
+        self._last_reclaim = now
+        reclaimed = occurrence_queue.reclaim_expired()
+        for occurrence_id, state in reclaimed:
+            logger.warning("reclaimed occurrence %s -> %s", occurrence_id, state)
+        return len(reclaimed)
 
     def _prefetch(self) -> int:
         """How many occurrences to hold: enough to keep every thread busy for ~0.25 s.

@@ -1,6 +1,8 @@
 """How the queue talks to PostgreSQL: prepared hot statements, single statements committed
 by themselves, the worker's one-statement heartbeat and task load."""
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -151,3 +153,34 @@ def test_the_worker_loads_a_task_with_its_agent_in_one_statement(django_assert_n
     task.delete()
     with pytest.raises(Task.DoesNotExist, match=str(task.pk)):
         _load_task(task.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_woken_pass_starts_the_run_before_its_housekeeping():
+    agent, _ = make_agent()
+    task = make_task(agent)
+    make_occurrence(task, at=timezone.now() - timedelta(seconds=1))
+    worker = Worker(concurrency=2, name="w-order")
+    try:
+        assert worker.run_once()  # first pass: the heartbeat and the reclaim are both due
+        beat = WorkerHeartbeat.objects.get(id="w-order")  # the heartbeat ran in that pass...
+    finally:
+        worker._shutdown()
+    run = Run.objects.get(task=task)
+    assert run.status == "succeeded"
+    # ...after the pipeline had started (a Run's start is its pipeline's own start).
+    assert run.started_at < beat.last_seen
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_worker_runs_what_its_housekeeping_reclaimed():
+    agent, _ = make_agent()
+    task = make_task(agent, max_retries=2)
+    make_occurrence(task, at=timezone.now() - timedelta(seconds=1))
+    [lost] = queue.claim("w-crashed", 10, lease_seconds=0.01)  # a worker that died holding it
+    time.sleep(0.05)  # its lease runs out
+    Worker(concurrency=1, burst=True, name="w-rescuer").run(threading.Event())
+    runs = list(Run.objects.filter(task=task).order_by("attempt"))
+    assert [(r.attempt, r.status) for r in runs] == [(1, "lost"), (2, "succeeded")]
+    assert runs[0].id == lost.run_id
+    assert not Occurrence.objects.filter(task=task).exists()
