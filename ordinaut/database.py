@@ -148,13 +148,15 @@ class ModelColumns:
     marking it as loaded from the database).
     """
 
-    def __init__(self, model: type) -> None:
+    def __init__(self, model: type, *, omit: tuple[str, ...] = ()) -> None:
         self.model = model
+        # Fields left unread (a list that never shows them); instances have them deferred.
+        self.omit = frozenset(omit)
 
     @functools.cached_property
     def fields(self) -> list[Any]:
         # Resolved on first use: model fields are complete only once the app registry is.
-        return list(self.model._meta.concrete_fields)
+        return [f for f in self.model._meta.concrete_fields if f.name not in self.omit]
 
     @functools.cached_property
     def _attnames(self) -> list[str]:

@@ -154,21 +154,9 @@ _TASK = ModelColumns(Task)
 _RUN = ModelColumns(Run)
 
 
-class _ColumnsWithout(ModelColumns):
-    """ModelColumns minus some fields; its instances come back with those deferred."""
-
-    def __init__(self, model: type, *omitted: str) -> None:
-        super().__init__(model)
-        self.omitted = set(omitted)
-
-    @functools.cached_property
-    def fields(self) -> list[Any]:
-        return [f for f in self.model._meta.concrete_fields if f.name not in self.omitted]
-
-
 # A list renders no steps (run_data without include_steps), and they are each row's largest
 # value: a page neither reads, sends nor decodes them.
-_RUN_LISTED = _ColumnsWithout(Run, "steps")
+_RUN_LISTED = ModelColumns(Run, omit=("steps",))
 
 
 @functools.cache
