@@ -11,7 +11,10 @@ the task services and approvals call the functions here, inside their own transa
 Throughput comes from batching: one statement claims a batch and inserts its Run rows;
 one transaction finishes a batch of results. Per-occurrence commits would cap a worker at
 the database's commit rate. Times come from the database's statement_timestamp(): one
-clock for every worker, and it moves on between statements of a transaction.
+clock for every worker, and it moves on between statements of a transaction. The
+statements workers and the scheduler run many times a second are prepared once per
+connection (`prepare=True`): planning the claim's CTE costs PostgreSQL more than running it
+(DB_PREPARED_STATEMENTS=0 turns that off: ordinaut.database, docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -38,11 +41,6 @@ def _cursor() -> psycopg.Cursor:
     """
     connection.ensure_connection()
     return psycopg.Cursor(connection.connection)
-
-
-# The statements workers and the scheduler run many times a second are prepared once per
-# connection (`prepare=True`): planning the claim's CTE costs PostgreSQL more than running
-# it. DB_PREPARED_STATEMENTS=0 turns it off (ordinaut.database; docs/scaling.md).
 
 
 def _one_statement() -> contextlib.AbstractContextManager:
