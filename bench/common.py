@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -52,3 +53,28 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     index = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
     return ordered[index]
+
+
+class Report:
+    """A benchmark's figures: a JSON line for each as it is measured, a table at the end.
+
+    `columns` are (key, heading, width, number format): the first is the row's label, the
+    others numbers. A row may carry more keys than the table shows; its JSON line has them.
+    """
+
+    def __init__(self, bench: str, columns: list[tuple[str, str, int, str]]) -> None:
+        self.bench = bench
+        self.columns = columns
+        self.rows: list[dict] = []
+
+    def add(self, **figures: object) -> None:
+        record = {"bench": self.bench, **figures}
+        print(json.dumps(record), flush=True)
+        self.rows.append(record)
+
+    def table(self) -> None:
+        (label, heading, width, _), *numbers = self.columns
+        print(f"\n{heading:<{width}} " + " ".join(f"{h:>{w}}" for _, h, w, _ in numbers))
+        for row in self.rows:
+            cells = " ".join(f"{row[key]:>{w}{fmt}}" for key, _, w, fmt in numbers)
+            print(f"{row[label]:<{width}} {cells}", flush=True)

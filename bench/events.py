@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from common import ROOT, percentile, setup_django, start_database
+from common import ROOT, Report, percentile, setup_django, start_database
 
 from ordinaut.embedded import free_port
 
@@ -107,12 +107,19 @@ def wait_for_server(port: int) -> None:
             time.sleep(0.2)
 
 
-def row(label: str, clients: str, per_s: str, ms: list[float]) -> None:
-    print(
-        f"{label:<34} {clients:>7} {per_s:>9} {percentile(ms, 50):>8.2f} "
-        f"{percentile(ms, 99):>8.2f} {len(ms):>6}",
-        flush=True,
-    )
+REPORT = Report(
+    "events",
+    [("measure", "measure", 34, ""), ("clients", "clients", 7, "d"), ("per_s", "per s", 9, ".0f"),
+     ("p50_ms", "p50 ms", 8, ".2f"), ("p99_ms", "p99 ms", 8, ".2f"), ("n", "n", 6, "d")],
+)  # fmt: skip
+
+
+def row(label: str, clients: int, per_s: float, ms: list[float]) -> None:
+    """One figure: `per_s` events posted per second, `ms` the latencies measured."""
+    REPORT.add(
+        measure=label, clients=clients, per_s=per_s, p50_ms=percentile(ms, 50),
+        p99_ms=percentile(ms, 99), n=len(ms),
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -142,14 +149,12 @@ def main() -> None:
             env=env, cwd=ROOT,
         )  # fmt: skip
         wait_for_server(port)
-        print(f"{'measure':<34} {'clients':>7} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'n':>6}")  # fmt: skip
         for clients in (1, 16):
             post_events(port, headers, "bench.load", clients, max(clients, 32))  # warm-up
             latencies, seconds = post_events(port, headers, "bench.load", clients, count)
             row(
-                f"POST /events ({FAN_OUT} tasks match)", str(clients),
-                f"{len(latencies) / seconds:.0f}", [v * 1000 for v in latencies],
+                f"POST /events ({FAN_OUT} tasks match)", clients,
+                len(latencies) / seconds, [v * 1000 for v in latencies],
             )  # fmt: skip
         queued = Occurrence.objects.filter(task__in=load_tasks).count()
         print(f"  ({queued} occurrences queued by those events)", flush=True)
@@ -171,13 +176,16 @@ def main() -> None:
             time.sleep(0.1)
         rate = latency_events / (time.perf_counter() - started)
         lags = wait_for_runs(one, latency_events)
-        row("event -> run start (1 task)", "1", f"{rate:.0f} ev", lags[5:])  # 5 warm-up
+        row("event -> run start (1 task)", 1, rate, lags[5:])  # 5 warm-up
         fan_events = max(2, latency_events // 10)
+        started = time.perf_counter()
         for n in range(fan_events):
             post_events(port, headers, "bench.fan", 1, 1)
             wait_for_runs(fan, FAN_OUT * (n + 1))
+        rate = fan_events / (time.perf_counter() - started)
         lags = wait_for_runs(fan, FAN_OUT * fan_events)
-        row(f"event -> run start ({FAN_OUT} tasks)", "1", "1 ev", lags)
+        row(f"event -> run start ({FAN_OUT} tasks)", 1, rate, lags)
+        REPORT.table()
     finally:
         for process in (worker, web):
             if process is not None:

@@ -25,9 +25,14 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from common import percentile, setup_django, start_database  # noqa: E402
+from common import Report, percentile, setup_django, start_database  # noqa: E402
 
 THREADS = 8
+REPORT = Report(
+    "pipeline",
+    [("measure", "measure", 40, ""), ("per_s", "per s", 9, ".0f"),
+     ("p50_ms", "p50 ms", 8, ".2f"), ("p99_ms", "p99 ms", 8, ".2f")],
+)  # fmt: skip
 
 
 def transform_pipeline(steps: int = 10) -> dict:
@@ -87,16 +92,16 @@ def bench_executor(runs: int) -> None:
         assert result.status == "succeeded", result.error
         Run.objects.filter(pk=run.pk).update(status=result.status, finished_at=timezone.now())
     elapsed = time.perf_counter() - started
-    print(
-        f"executor  10-step transform.jmespath: {runs * 10 / elapsed:,.0f} steps/s, "
-        f"{runs / elapsed:,.1f} runs/s, run p50 {percentile(latencies, 50) * 1000:.1f} ms, "
-        f"p99 {percentile(latencies, 99) * 1000:.1f} ms"
-    )
+    report("executor 10-step transform.jmespath, runs", runs / elapsed, latencies,
+           steps_per_s=runs * 10 / elapsed)  # fmt: skip
 
 
-def _ms(latencies: list[float]) -> str:
-    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
-    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+def report(measure: str, per_s: float, latencies: list[float], **more: float) -> None:
+    """One figure: `per_s` a rate, `latencies` in seconds (reported in ms)."""
+    REPORT.add(
+        measure=measure, per_s=per_s, p50_ms=percentile(latencies, 50) * 1000,
+        p99_ms=percentile(latencies, 99) * 1000, **more,
+    )  # fmt: skip
 
 
 def bench_mcp(label: str, config, calls: int) -> None:
@@ -112,7 +117,7 @@ def bench_mcp(label: str, config, calls: int) -> None:
     started = time.perf_counter()
     latencies = [one() for _ in range(calls)]
     elapsed = time.perf_counter() - started
-    print(f"mcp {label:5} sequential: {calls / elapsed:,.0f} calls/s, {_ms(latencies)}")
+    report(f"mcp {label} sequential calls", calls / elapsed, latencies)
     lock = threading.Lock()
     parallel: list[float] = []
 
@@ -125,7 +130,7 @@ def bench_mcp(label: str, config, calls: int) -> None:
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(timed, range(calls)))
     elapsed = time.perf_counter() - started
-    print(f"mcp {label:5} {THREADS} threads: {calls / elapsed:,.0f} calls/s, {_ms(parallel)}")
+    report(f"mcp {label} calls, {THREADS} threads", calls / elapsed, parallel)
 
 
 def main() -> None:
@@ -151,6 +156,7 @@ def main() -> None:
         http = mcp_client.ServerConfig(name="bench-http", transport="http", url=http_server.url)
         bench_mcp("http", http, calls)
         mcp_client.close_all()
+        REPORT.table()
     finally:
         if http_server is not None:
             http_server.stop()
