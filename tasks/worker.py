@@ -247,6 +247,9 @@ class Worker:
 
     def run_once(self) -> bool:
         """One pass: claim what fits, record what finished, housekeeping. True if it did work."""
+        if not self._last_beat:
+            # Announce this worker before its first claim: every lease owner has a row.
+            self._heartbeat()
         room = self._prefetch() - len(self._in_flight)
         # Claim in batches: topping up one slot at a time would cost a commit per run.
         claimed, ran = [], 0

@@ -159,17 +159,37 @@ def test_the_worker_loads_a_task_with_its_agent_in_one_statement(django_assert_n
 def test_a_woken_pass_starts_the_run_before_its_housekeeping():
     agent, _ = make_agent()
     task = make_task(agent)
-    make_occurrence(task, at=timezone.now() - timedelta(seconds=1))
     worker = Worker(concurrency=2, name="w-order")
     try:
-        assert worker.run_once()  # first pass: the heartbeat and the reclaim are both due
+        assert not worker.run_once()  # the first pass announces the worker: nothing to do
+        announced = WorkerHeartbeat.objects.get(id="w-order")
+        make_occurrence(task, at=timezone.now() - timedelta(seconds=1))
+        worker._last_beat -= worker.lease_seconds  # the heartbeat and the reclaim are due
+        worker._last_reclaim -= worker.lease_seconds
+        assert worker.run_once()
         beat = WorkerHeartbeat.objects.get(id="w-order")  # the heartbeat ran in that pass...
     finally:
         worker._shutdown()
+    assert beat.last_seen > announced.last_seen
     run = Run.objects.get(task=task)
     assert run.status == "succeeded"
     # ...after the pipeline had started (a Run's start is its pipeline's own start).
     assert run.started_at < beat.last_seen
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_has_its_heartbeat_row_before_its_first_claim():
+    agent, _ = make_agent()
+    task = make_task(agent)
+    make_occurrence(task, at=timezone.now() - timedelta(seconds=1))
+    worker = Worker(concurrency=2, name="w-first")
+    try:
+        assert worker.run_once()
+        beat = WorkerHeartbeat.objects.get(id="w-first")
+    finally:
+        worker._shutdown()
+    # Written before the claim: the Run it leased started after the row's first write.
+    assert beat.last_seen < Run.objects.get(task=task).started_at
 
 
 @pytest.mark.django_db(transaction=True)
