@@ -45,7 +45,7 @@ def database_settings(url: str) -> dict[str, Any]:
     # Django turns psycopg's prepared statements off (for PgBouncer's sake); the queue's hot
     # statements ask for it explicitly (tasks.queue), and nothing else is ever prepared.
     # DB_PREPARED_STATEMENTS=0 turns that off, for a pooler that cannot keep them.
-    prepared = os.environ.get("DB_PREPARED_STATEMENTS", "1").lower() not in ("0", "false", "no")
+    prepared = environ.Env().bool("DB_PREPARED_STATEMENTS", default=True)
     options.setdefault("prepare_threshold", PREPARE_ON_REQUEST_ONLY if prepared else None)
     options.setdefault("application_name", os.environ.get("ORDINAUT_PROCESS", "ordinaut"))
     config["OPTIONS"] = options

@@ -216,6 +216,14 @@ def run_queryset(viewer: Viewer) -> QuerySet:
     return queryset
 
 
+def _statuses_for(success: bool | None) -> list[str] | None:
+    """The run statuses a `success` filter keeps: succeeded, or finished without success
+    (a running run, or one waiting on an approval, is neither); None: no filter."""
+    if success is None:
+        return None
+    return [RunStatus.SUCCEEDED.value] if success else list(_FAILED)
+
+
 def run_list(
     viewer: Viewer,
     *,
@@ -228,10 +236,8 @@ def run_list(
     queryset = run_queryset(viewer).order_by("-started_at", "-id")
     if task_id:
         queryset = queryset.filter(task_id=task_id)
-    if success is True:
-        queryset = queryset.filter(status=RunStatus.SUCCEEDED)
-    elif success is False:
-        queryset = queryset.filter(status__in=_FAILED)
+    if (statuses := _statuses_for(success)) is not None:
+        queryset = queryset.filter(status__in=statuses)
     if start_time:
         queryset = queryset.filter(started_at__gte=start_time)
     if end_time:
@@ -283,15 +289,10 @@ def run_page(
 ) -> Page:
     """One page of run_list (same rows, same order) as Run instances without their steps
     (deferred), and its total."""
-    statuses = None
-    if success is True:
-        statuses = [RunStatus.SUCCEEDED.value]
-    elif success is False:
-        statuses = list(_FAILED)
     params = {
         "agent": viewer.agent.pk,
         "task_id": task_id or None,
-        "statuses": statuses,
+        "statuses": _statuses_for(success),
         "start_time": start_time,
         "end_time": end_time,
         "limit": limit,

@@ -269,9 +269,8 @@ class Worker:
     def _housekeeping(self) -> int:
         """Heartbeat (extending our leases) and reclaim expired leases, each when due;
         return how many occurrences were reclaimed (work for the next pass)."""
+        self._beat_if_due()
         now = time.monotonic()
-        if now - self._last_beat > self.lease_seconds / HEARTBEATS_PER_LEASE:
-            self._heartbeat()
         if now - self._last_reclaim <= min(RECLAIM_INTERVAL_SECONDS, self.lease_seconds / 2):
             return 0
         self._last_reclaim = now
@@ -560,6 +559,10 @@ class Worker:
             if left <= 0 or self._listener.wait(min(left, STOP_CHECK_SECONDS)):
                 return
 
+    def _beat_if_due(self) -> None:
+        if time.monotonic() - self._last_beat > self.lease_seconds / HEARTBEATS_PER_LEASE:
+            self._heartbeat()
+
     def _heartbeat(self) -> None:
         self._last_beat = time.monotonic()
         held = occurrence_queue.heartbeat(
@@ -599,8 +602,7 @@ class Worker:
         while self._in_flight and time.monotonic() < deadline:
             try:
                 self._collect(block=True)
-                if time.monotonic() - self._last_beat > self.lease_seconds / HEARTBEATS_PER_LEASE:
-                    self._heartbeat()
+                self._beat_if_due()
             except (DatabaseError, psycopg.Error) as exc:
                 logger.warning("cannot record results during shutdown: %s", exc)
                 time.sleep(DB_RETRY_FIRST_SECONDS)
