@@ -180,7 +180,11 @@ AGENT_UPDATABLE_FIELDS = {"name", "description", "scopes", "webhook_url", "is_ac
 def _locked_agent(agent_id: Any) -> Agent:
     """Lock the agent row for the rest of the transaction; raise NotFound."""
     try:
-        return Agent.objects.select_for_update().get(pk=agent_id)
+        # NO KEY UPDATE: agent changes serialize with each other, but not with the foreign
+        # key checks of rows that reference the agent. A full FOR UPDATE deadlocked a pause
+        # (agent locked, then its tasks) against a scheduler tick (its tasks locked, then an
+        # occurrence inserted, whose agent_id check needs KEY SHARE on the agent).
+        return Agent.objects.select_for_update(no_key=True).get(pk=agent_id)
     except (Agent.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise NotFound(f"agent {agent_id} not found") from exc
 

@@ -283,3 +283,29 @@ def test_two_agents_with_the_same_concurrency_key_run_at_the_same_time(agents):
     # Alice's two share her key: one after the other. Bob's "email" is his own.
     assert not overlaps(alices_first, alices_second)
     assert overlaps(bobs, alices_first) or overlaps(bobs, alices_second)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pause_in_progress_does_not_block_work_that_references_the_agent():
+    from django.db import transaction
+
+    from ordinaut.database import raw_connection
+    from tests.factories import make_agent, make_task
+
+    agent, _ = make_agent()
+    task = make_task(agent)
+    with transaction.atomic():
+        agent_services._locked_agent(agent.id)  # as a pause holds it until it commits
+        # A scheduler tick inserting an occurrence checks its agent_id foreign key (KEY
+        # SHARE on the agent): it must not wait for the pause, which itself waits for the
+        # tick's task locks: that wait was a deadlock.
+        with raw_connection() as tick:
+            tick.execute("SET lock_timeout = '2s'")
+            tick.execute(
+                "INSERT INTO tasks_occurrence (task_id, scheduled_for, run_at, priority,"
+                " agent_id, state, attempt, trigger, last_error, correlation_id, waits,"
+                " created_at) VALUES (%s, now(), now(), 5, %s, 'queued', 0, 'schedule', '',"
+                " 'c', 0, now())",
+                [task.id, agent.id],
+            )
+    assert Occurrence.objects.filter(task=task).count() == 1
